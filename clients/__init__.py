@@ -1,0 +1,1 @@
+"""Local trainers: gradient functions and the local-training loop clients run."""

@@ -1,0 +1,3 @@
+"""fedsim: a federated-learning simulator for researchers."""
+
+__version__ = "0.1.0"

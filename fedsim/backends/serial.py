@@ -1,0 +1,53 @@
+"""The reference backend: one process, one client after another."""
+
+from __future__ import annotations
+
+from clients.backprop import autograd_grad_fn
+from clients.trainer import train_client
+from fedsim import tree
+from fedsim.aggregate import WeightedSum
+from fedsim.backends.base import Backend, ClientReport, RoundOutput, RoundPlan, Task
+from fedsim.strategy import LocalContext
+
+
+class SerialBackend(Backend):
+    """Builds the model once, keeps every client's data on the device, trains clients in order."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__(task)
+        model = task.model_fn().to(task.device)
+        self.grad_fn = autograd_grad_fn(model, task.strategy.objective)
+        self.data = [(x.to(task.device), y.to(task.device)) for x, y in task.client_data]
+
+    def run_round(self, plan: RoundPlan) -> RoundOutput:
+        return train_cohort(self.task, self.grad_fn, self.data, plan, plan.client_ids)
+
+
+def train_cohort(task: Task, grad_fn, data, plan: RoundPlan, client_ids: list[int]) -> RoundOutput:
+    """Train `client_ids` one after another and reduce their uploads (shared with Ray workers)."""
+    strategy, device = task.strategy, task.device
+    global_params = tree.to(plan.global_params, device)
+    broadcast = {g: tree.to(p, device) for g, p in plan.broadcast.items()}
+    total = WeightedSum()
+    uploads = [] if strategy.needs_all_uploads else None
+    states, reports = {}, []
+    for cid in client_ids:
+        state = {g: tree.to(p, device) for g, p in plan.client_states[cid].items()}
+        ctx = LocalContext(global_params, broadcast, state, plan.lr)
+        result = train_client(
+            client_id=cid,
+            data=data[cid],
+            strategy=strategy,
+            grad_fn=grad_fn,
+            ctx=ctx,
+            schedule=task.schedule,
+            seed=task.seed,
+            round_=plan.round,
+            work=plan.work[cid],
+        )
+        total.add(result.upload, strategy.upload_weights(result.num_samples))
+        if uploads is not None:
+            uploads.append(result.upload)
+        states[cid] = result.client_state
+        reports.append(ClientReport(cid, result.num_samples, result.num_steps, result.loss))
+    return RoundOutput(total, uploads, states, reports)

@@ -1,0 +1,339 @@
+"""Splitting a training set across clients, plus tables and statistics of how skewed a split is.
+
+Shard and pathological splits are Flower Datasets' partitioners, so a Flower user gets the same
+split with the same seed. Dirichlet is fedsim's own ``Partitioner`` subclass, because Flower's
+gives up or leaves clients empty at small alpha (specs/partitioning.md). IID, quantity skew and
+natural splits are a few lines of numpy: Flower's IID and size partitioners cut contiguous,
+unshuffled blocks (no seed), and its natural-id partitioner loops in Python behind a progress bar.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import pandas as pd
+from flwr_datasets.partitioner import Partitioner, PathologicalPartitioner, ShardPartitioner
+
+from fedsim.data.datasets import numpy_columns
+from fedsim.errors import ConfigError
+
+PARTITIONERS: dict[str, str] = {
+    "dirichlet": "label skew: per class, client shares ~ Dir(alpha); repaired so no client is below min size",
+    "iid": "uniform: a seeded shuffle cut into equal parts",
+    "shard": "FedAvg shards: label-sorted data cut into shards, shards_per_client random shards per client",
+    "pathological": "each client holds exactly classes_per_client classes (Flower's PathologicalPartitioner)",
+    "quantity": "quantity skew: client sizes ~ Dir(alpha) above min size, labels IID within a client",
+    "natural": "one client per value of the dataset's client_id column (e.g. synthetic)",
+}
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Per-client sample indices into the train split (each array sorted ascending).
+
+    ``moved`` counts the samples the Dirichlet repair reassigned to lift small clients to the
+    minimum size (0 for other partitioners): how far the split is from a pure Dirichlet draw.
+    """
+
+    indices: list[np.ndarray]
+    moved: int = 0
+
+
+class FedsimDirichletPartitioner(Partitioner):
+    """Dirichlet label skew that never fails and never leaves a client below min_partition_size.
+
+    For each class, client proportions are drawn from Dir(alpha) (with ``self_balancing``, clients
+    already holding their balanced share get none of the next class) and the shuffled class indices
+    are cut by the cumulative proportions. Then, while a client has fewer than
+    ``min_partition_size`` samples, a random sample moves to it from the currently largest client.
+    The whole split is one seeded pass: no redrawing until a lucky draw.
+    """
+
+    def __init__(
+        self,
+        num_partitions: int,
+        partition_by: str,
+        alpha: float,
+        min_partition_size: int = 2,
+        seed: int = 42,
+        self_balancing: bool = False,
+    ) -> None:
+        super().__init__()
+        _check_scalars(num_partitions, alpha, min_partition_size)
+        self._num_partitions = num_partitions
+        self._partition_by = partition_by
+        self._alpha = alpha
+        self._min_partition_size = min_partition_size
+        self._seed = seed
+        self._self_balancing = self_balancing
+        self._split: tuple[list[np.ndarray], int] | None = None
+
+    @property
+    def num_partitions(self) -> int:
+        """Total number of partitions."""
+        return self._num_partitions
+
+    @property
+    def partition_indices(self) -> list[np.ndarray]:
+        """Sorted dataset indices of each partition (computed on first use)."""
+        return self._computed()[0]
+
+    @property
+    def moved(self) -> int:
+        """Samples moved by the minimum-size repair."""
+        return self._computed()[1]
+
+    def load_partition(self, partition_id: int) -> datasets.Dataset:
+        """The rows of partition ``partition_id`` as a Dataset."""
+        return self.dataset.select(self.partition_indices[partition_id])
+
+    def _computed(self) -> tuple[list[np.ndarray], int]:
+        if self._split is None:
+            labels = numpy_columns(self.dataset, self._partition_by)[self._partition_by]
+            _check_capacity(len(labels), self._num_partitions, self._min_partition_size)
+            self._split = _dirichlet_split(
+                labels,
+                self._num_partitions,
+                self._alpha,
+                self._min_partition_size,
+                np.random.default_rng(self._seed),
+                self._self_balancing,
+            )
+        return self._split
+
+
+def partition_dataset(
+    train: datasets.Dataset,
+    name: str,
+    *,
+    num_clients: int,
+    seed: int,
+    alpha: float = 0.5,
+    min_partition_size: int = 2,
+    classes_per_client: int = 2,
+    shards_per_client: int = 2,
+) -> Partition:
+    """Split ``train`` (a Dataset with a "label" column) across ``num_clients`` with partitioner ``name``.
+
+    Validates everything first (ConfigError, one line). Shard and pathological splits may leave
+    some samples unassigned (the remainder after equal shards; classes no client was dealt);
+    every other split assigns each sample exactly once. ``min_partition_size`` holds by
+    construction for dirichlet (repair), iid and quantity, is checked for shard and pathological,
+    and does not apply to natural splits, whose clients are kept as they come.
+    """
+    if name not in PARTITIONERS:
+        raise ConfigError(f"unknown partitioner {name!r}: choose one of {', '.join(PARTITIONERS)}")
+    _check_scalars(num_clients, alpha, min_partition_size)
+    if classes_per_client < 1 or shards_per_client < 1:
+        raise ConfigError(
+            f"classes_per_client and shards_per_client must be >= 1, got {classes_per_client}, {shards_per_client}"
+        )
+    n = len(train)
+    _check_capacity(n, num_clients, min_partition_size)
+    rng = np.random.default_rng(seed)
+
+    if name == "dirichlet":
+        partitioner = FedsimDirichletPartitioner(
+            num_clients, "label", alpha, min_partition_size=min_partition_size, seed=seed
+        )
+        partitioner.dataset = train
+        return Partition(partitioner.partition_indices, partitioner.moved)
+    if name == "iid":
+        indices = np.array_split(rng.permutation(n), num_clients)
+    elif name == "quantity":
+        sizes = _quantity_sizes(n, num_clients, alpha, min_partition_size, rng)
+        indices = np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
+    elif name == "natural":
+        indices = _natural_split(train, num_clients)
+    else:
+        labels = numpy_columns(train, "label")["label"]
+        indices = _flower_split(labels, name, num_clients, seed, classes_per_client, shards_per_client)
+    indices = [np.sort(idx).astype(np.int64) for idx in indices]
+    if name in ("shard", "pathological"):
+        _check_min_size(indices, min_partition_size, name)
+    return Partition(indices)
+
+
+def partition_table(partition: Partition, labels: np.ndarray, num_classes: int) -> pd.DataFrame:
+    """One row per client: ``client``, ``num_samples`` and the count of each label ``label_<c>``."""
+    counts = _label_counts(partition, labels, num_classes)
+    table = pd.DataFrame(counts, columns=[f"label_{c}" for c in range(num_classes)])
+    table.insert(0, "num_samples", counts.sum(axis=1))
+    table.insert(0, "client", np.arange(len(counts)))
+    return table
+
+
+def heterogeneity(partition: Partition, labels: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Summary statistics of a split.
+
+    ``label_tv``: sample-weighted mean total-variation distance between each client's label
+    distribution and the whole train split's (0 = IID, towards 1 = one class per client);
+    ``size_cv``: coefficient of variation of client sizes; ``min_size``, ``max_size``,
+    ``empty_clients``; ``moved``: samples moved by the Dirichlet repair.
+    """
+    counts = _label_counts(partition, labels, num_classes)
+    sizes = counts.sum(axis=1)
+    global_dist = np.bincount(np.asarray(labels), minlength=num_classes) / len(labels)
+    client_dist = counts / np.maximum(sizes, 1)[:, None]
+    tv = 0.5 * np.abs(client_dist - global_dist).sum(axis=1)
+    return {
+        "label_tv": float((tv * sizes).sum() / max(sizes.sum(), 1)),
+        "size_cv": float(sizes.std() / sizes.mean()) if sizes.mean() > 0 else 0.0,
+        "min_size": float(sizes.min()),
+        "max_size": float(sizes.max()),
+        "empty_clients": float((sizes == 0).sum()),
+        "moved": float(partition.moved),
+    }
+
+
+def _label_counts(partition: Partition, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """[clients, classes] matrix of label counts."""
+    labels = np.asarray(labels)
+    counts = np.zeros((len(partition.indices), num_classes), dtype=np.int64)
+    for k, idx in enumerate(partition.indices):
+        counts[k] = np.bincount(labels[idx], minlength=num_classes)
+    return counts
+
+
+def _check_scalars(num_clients: int, alpha: float, min_partition_size: int) -> None:
+    if num_clients < 1:
+        raise ConfigError(f"num_clients must be >= 1, got {num_clients}")
+    if not alpha > 0:
+        raise ConfigError(f"alpha must be > 0, got {alpha}")
+    if min_partition_size < 0:
+        raise ConfigError(f"min_partition_size must be >= 0, got {min_partition_size}")
+
+
+def _check_capacity(n: int, num_clients: int, min_partition_size: int) -> None:
+    need = num_clients * max(min_partition_size, 1)
+    if need > n:
+        raise ConfigError(
+            f"more clients than samples: {num_clients} clients x min_partition_size "
+            f"{max(min_partition_size, 1)} needs {need} samples, the train split has {n}"
+        )
+
+
+def _check_min_size(indices: list[np.ndarray], min_partition_size: int, name: str) -> None:
+    sizes = np.array([len(idx) for idx in indices])
+    if sizes.min() < max(min_partition_size, 1):
+        raise ConfigError(
+            f"{name} split gives client {int(sizes.argmin())} only {int(sizes.min())} samples "
+            f"(min_partition_size {min_partition_size}): use fewer clients"
+        )
+
+
+def _dirichlet_split(
+    labels: np.ndarray,
+    num_clients: int,
+    alpha: float,
+    min_size: int,
+    rng: np.random.Generator,
+    self_balancing: bool,
+) -> tuple[list[np.ndarray], int]:
+    """Per-class Dir(alpha) draw, then the minimum-size repair; returns (indices, moved)."""
+    owner = np.empty(len(labels), dtype=np.int64)
+    sizes = np.zeros(num_clients, dtype=np.int64)
+    balanced_share = len(labels) / num_clients
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        share = rng.dirichlet(np.full(num_clients, alpha))
+        if self_balancing:
+            capped = share * (sizes < balanced_share)
+            share = capped / capped.sum() if capped.sum() > 0 else share
+        bounds = np.rint(np.cumsum(share) * len(members)).astype(np.int64)
+        bounds[-1] = len(members)
+        counts = np.diff(bounds, prepend=0)
+        owner[members] = np.repeat(np.arange(num_clients), counts)
+        sizes += counts
+
+    # The largest client always has more than min_size while another is below it, because
+    # num_clients * min_size <= len(labels); so each move strictly reduces the total deficit.
+    moved = 0
+    while sizes.min() < min_size:
+        small, large = int(sizes.argmin()), int(sizes.argmax())
+        donor_samples = np.flatnonzero(owner == large)
+        owner[donor_samples[rng.integers(len(donor_samples))]] = small
+        sizes[small] += 1
+        sizes[large] -= 1
+        moved += 1
+
+    order = np.argsort(owner, kind="stable")
+    return np.split(order, np.cumsum(sizes)[:-1]), moved
+
+
+def _quantity_sizes(
+    n: int, num_clients: int, alpha: float, min_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Client sizes: ``min_size`` each plus a Dir(alpha) share of the rest (largest-remainder rounding)."""
+    spare = n - num_clients * min_size
+    exact = rng.dirichlet(np.full(num_clients, alpha)) * spare
+    extra = np.floor(exact).astype(np.int64)
+    leftover = spare - extra.sum()
+    extra[np.argsort(extra - exact, kind="stable")[:leftover]] += 1
+    return min_size + extra
+
+
+def _natural_split(train: datasets.Dataset, num_clients: int) -> list[np.ndarray]:
+    """One client per distinct client_id, in ascending id order (as Flower's NaturalIdPartitioner)."""
+    if "client_id" not in train.column_names:
+        raise ConfigError(
+            "partitioner 'natural' needs a dataset with a client_id column (e.g. synthetic); "
+            "choose another partitioner"
+        )
+    ids = numpy_columns(train, "client_id")["client_id"]
+    unique, inverse = np.unique(ids, return_inverse=True)
+    if len(unique) != num_clients:
+        raise ConfigError(
+            f"the dataset has {len(unique)} natural clients but num_clients is {num_clients}: "
+            f"set num_clients={len(unique)}"
+        )
+    order = np.argsort(inverse, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(inverse, minlength=num_clients))[:-1])
+
+
+def _flower_split(
+    labels: np.ndarray,
+    name: str,
+    num_clients: int,
+    seed: int,
+    classes_per_client: int,
+    shards_per_client: int,
+) -> list[np.ndarray]:
+    """Run Flower's shard or pathological partitioner on a (label, index) table; return the indices."""
+    num_classes = len(np.unique(labels))
+    if name == "shard":
+        if num_clients * shards_per_client > len(labels):
+            raise ConfigError(
+                f"shard split needs {num_clients * shards_per_client} shards (num_clients x "
+                f"shards_per_client) but the train split has only {len(labels)} samples"
+            )
+        partitioner = ShardPartitioner(
+            num_clients, "label", num_shards_per_partition=shards_per_client, seed=seed
+        )
+    else:
+        if not 1 <= classes_per_client <= num_classes:
+            raise ConfigError(
+                f"classes_per_client must be between 1 and {num_classes} (the classes in the train split), "
+                f"got {classes_per_client}"
+            )
+        partitioner = PathologicalPartitioner(
+            num_clients, "label", classes_per_client, class_assignment_mode="first-deterministic", seed=seed
+        )
+    partitioner.dataset = datasets.Dataset.from_dict({"label": labels, "index": np.arange(len(labels))})
+    try:
+        with warnings.catch_warnings():
+            # Flower warns when fewer than num_classes classes are dealt out; those samples stay unassigned.
+            warnings.filterwarnings("ignore", message="Classes: .* will NOT be used")
+            # pyarrow deprecation raised inside datasets' sort, which ShardPartitioner calls.
+            warnings.filterwarnings("ignore", message="Specifying null_placement", category=FutureWarning)
+            return [
+                numpy_columns(partitioner.load_partition(k), "index")["index"] for k in range(num_clients)
+            ]
+    except ValueError as err:
+        reason = str(err).split(". ")[0]  # Flower's first sentence; the rest names its own parameters
+        raise ConfigError(
+            f"{name} split impossible with {num_clients} clients ({reason}): use fewer clients"
+        ) from err

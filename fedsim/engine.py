@@ -1,0 +1,250 @@
+"""The round loop: sample a cohort, train it on a backend, aggregate, evaluate.
+
+Read `Simulation.run` top to bottom to see one whole experiment. Cross-cutting concerns
+(progress display, run folder) are `Callback`s, so the loop stays short.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from clients.trainer import LocalSchedule
+from fedsim import seeding, tree
+from fedsim.backends import make_backend
+from fedsim.backends.base import RoundOutput, RoundPlan, Task
+from fedsim.client_state import ClientStateStore
+from fedsim.config import Config
+from fedsim.data import heterogeneity, load_dataset, partition_dataset
+from fedsim.errors import ConfigError
+from fedsim.models import build_model
+from fedsim.plugins import build_strategy
+from fedsim.strategy import Aggregate, RoundInfo
+from fedsim.validate import resolve_device, validate
+
+
+class Callback:
+    """Hooks into a run; override what you need."""
+
+    def on_run_start(self, sim: "Simulation") -> None: ...
+
+    def on_round_end(self, sim: "Simulation", record: dict[str, Any]) -> None: ...
+
+    def on_run_end(self, sim: "Simulation", summary: dict[str, Any], error: BaseException | None) -> None: ...
+
+
+@dataclass
+class History:
+    """Per-round records of evaluated rounds, in order."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def accuracies(self) -> list[float]:
+        return [r["test_accuracy"] for r in self.records]
+
+
+def cohort_size(num_clients: int, fraction: float) -> int:
+    """m = max(floor(C * N), 1), robust to float error in C * N."""
+    return max(math.floor(fraction * num_clients + 1e-9), 1)
+
+
+class Simulation:
+    """One federated experiment, built and validated from a Config before any training."""
+
+    def __init__(self, config: Config, callbacks: list[Callback] = ()) -> None:
+        validate(config)
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.strategy = build_strategy(config.strategy)
+        self.device = resolve_device(config.engine.device)
+        d = config.data
+        self.dataset = load_dataset(
+            d.dataset,
+            seed=config.seed,
+            num_clients=d.num_clients,
+            path=d.path,
+            test_fraction=d.test_fraction,
+            samples=d.samples,
+            synthetic_alpha=d.synthetic_alpha,
+            synthetic_beta=d.synthetic_beta,
+        )
+        self.partition = partition_dataset(
+            self.dataset.train,
+            d.partitioner,
+            num_clients=d.num_clients,
+            seed=config.seed,
+            alpha=d.alpha,
+            min_partition_size=d.min_partition_size,
+            classes_per_client=d.classes_per_client,
+            shards_per_client=d.shards_per_client,
+        )
+        x_train, self.y_train = self.dataset.tensors("train")
+        if any(len(idx) == 0 for idx in self.partition.indices):
+            raise ConfigError("the partition left a client without data; lower data.num_clients")
+        client_data = [(x_train[idx], self.y_train[idx]) for idx in map(torch.as_tensor, self.partition.indices)]
+        self.x_test, self.y_test = (t.to(self.device) for t in self.dataset.tensors("test"))
+        self.model = self._build_model().to(self.device)
+        self.params = tree.clone({k: v for k, v in self.model.named_parameters()})
+        self.server_state = self.strategy.init_server_state(self.params)
+        self.client_states = ClientStateStore()
+        t = config.train
+        schedule = LocalSchedule(
+            epochs=t.local_epochs,
+            steps=t.local_steps,
+            batch_size=t.batch_size,
+            weight_decay=t.weight_decay,
+            momentum=t.momentum,
+            clip_norm=t.clip_norm,
+        )
+        self.task = Task(config.seed, self._build_model, self.strategy, client_data, schedule, self.device)
+        self.history = History()
+        self.round = 0
+        self.backend = None
+
+    def _build_model(self) -> torch.nn.Module:
+        return build_model(
+            self.config.model, self.dataset.input_shape, self.dataset.num_classes, self.config.seed
+        )
+
+    # ------------------------------------------------------------------ one round
+    def sample_clients(self, round_: int) -> list[int]:
+        """The round's reporting cohort, sorted: m clients drawn without replacement, seeded by
+        (seed, round), less the `train.dropout` share that never reports (at least one stays)."""
+        n, t = self.config.data.num_clients, self.config.train
+        rng = seeding.numpy_rng(self.config.seed, "sample", round_)
+        chosen = rng.choice(n, size=cohort_size(n, t.fraction), replace=False)
+        if t.dropout > 0:
+            drop_rng = seeding.numpy_rng(self.config.seed, "dropout", round_)
+            keep = max(len(chosen) - math.floor(t.dropout * len(chosen) + 1e-9), 1)
+            chosen = drop_rng.choice(chosen, size=keep, replace=False)
+        return sorted(int(c) for c in chosen)
+
+    def local_work(self, round_: int, client_id: int) -> float:
+        """Share of its local steps a client completes, uniform in [train.min_local_work, 1]."""
+        low = self.config.train.min_local_work
+        if low >= 1:
+            return 1.0
+        return float(seeding.numpy_rng(self.config.seed, "work", round_, client_id).uniform(low, 1.0))
+
+    def lr_at(self, round_: int) -> float:
+        t = self.config.train
+        return t.lr * t.lr_decay ** (round_ - 1)
+
+    def plan_round(self, round_: int) -> RoundPlan:
+        cohort = self.sample_clients(round_)
+        states = {}
+        for cid in cohort:
+            state = self.client_states.get(cid)
+            states[cid] = state if state is not None else self.strategy.init_client_state(self.params)
+        return RoundPlan(
+            round=round_,
+            lr=self.lr_at(round_),
+            global_params=self.params,
+            broadcast=self.strategy.broadcast(self.server_state),
+            client_ids=cohort,
+            client_states=states,
+            work={cid: self.local_work(round_, cid) for cid in cohort},
+        )
+
+    def apply_round(self, plan: RoundPlan, output: RoundOutput) -> float:
+        """Server update from a round's output; returns the round's sample-weighted train loss."""
+        for cid, state in output.client_states.items():
+            self.client_states.set(cid, state)
+        aggregate = Aggregate(
+            means=output.total.means(),
+            uploads=output.uploads,
+            num_samples=[r.num_samples for r in output.reports] if output.uploads is not None else None,
+        )
+        info = RoundInfo(plan.round, plan.lr, self.config.data.num_clients, len(output.reports))
+        self.params, self.server_state = self.strategy.server_update(
+            self.params, self.server_state, aggregate, info
+        )
+        weights = np.array([r.num_samples for r in output.reports], dtype=float)
+        losses = np.array([r.loss for r in output.reports])
+        return float((weights * losses).sum() / weights.sum())
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Central test loss and accuracy of the global model."""
+        batch = self.config.train.eval_batch_size
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(self.y_test), batch):
+            x, y = self.x_test[start : start + batch], self.y_test[start : start + batch]
+            logits = functional_call(self.model, self.params, (x,))
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+        n = len(self.y_test)
+        return loss_sum / n, correct / n
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        """Train all rounds; returns the summary. Callbacks see every evaluated round."""
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            self.backend = make_backend(self.config.engine.backend, self.task)
+            for cb in self.callbacks:
+                cb.on_run_start(self)
+            t = self.config.train
+            for round_ in range(self.round + 1, t.rounds + 1):
+                round_start = time.perf_counter()
+                plan = self.plan_round(round_)
+                output = self.backend.run_round(plan)
+                train_loss = self.apply_round(plan, output)
+                self.round = round_
+                if round_ % t.eval_every == 0 or round_ == t.rounds:
+                    test_loss, test_acc = self.evaluate()
+                    record = {
+                        "round": round_,
+                        "test_accuracy": test_acc,
+                        "test_loss": test_loss,
+                        "train_loss": train_loss,
+                        "num_clients": len(output.reports),
+                        "lr": plan.lr,
+                        "round_s": time.perf_counter() - round_start,
+                        "wall_s": time.perf_counter() - start,
+                    }
+                    self.history.records.append(record)
+                    for cb in self.callbacks:
+                        cb.on_round_end(self, record)
+        except BaseException as err:
+            error = err
+            raise
+        finally:
+            if self.backend is not None:
+                self.backend.close()
+            summary = self.summary(time.perf_counter() - start, error)
+            for cb in self.callbacks:
+                cb.on_run_end(self, summary, error)
+        return summary
+
+    def summary(self, wall_s: float, error: BaseException | None = None) -> dict[str, Any]:
+        accs = self.history.accuracies()
+        c = self.config
+        return {
+            "status": "finished" if error is None else "failed",
+            "error": None if error is None else str(error) or type(error).__name__,
+            "final_accuracy": accs[-1] if accs else None,
+            "best_accuracy": max(accs) if accs else None,
+            "rounds": self.round,
+            "wall_s": wall_s,
+            "seed": c.seed,
+            "strategy": c.strategy["name"],
+            "dataset": c.data.dataset,
+            "partitioner": c.data.partitioner,
+            "alpha": c.data.alpha,
+            "num_clients": c.data.num_clients,
+            "backend": c.engine.backend,
+            "device": str(self.device),
+            "heterogeneity": self.heterogeneity(),
+        }
+
+    def heterogeneity(self) -> dict[str, float]:
+        return heterogeneity(self.partition, self.y_train.numpy(), self.dataset.num_classes)

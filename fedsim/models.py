@@ -1,0 +1,106 @@
+"""Model registry: the networks clients train.
+
+All models are free of running-statistics buffers (GroupNorm, not BatchNorm), so a model's
+state is exactly its parameters and every backend, including `torch.func.vmap`, can train it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fedsim.errors import ConfigError
+
+MODELS: dict[str, str] = {
+    "mlp": "multi-layer perceptron on flattened inputs (model.hidden sets the widths)",
+    "cnn": "small CNN, 1-D for sequences (C, L) and 2-D for images (C, H, W) (model.channels)",
+    "resnet18_gn": "CIFAR ResNet-18 with GroupNorm(2), as in FL-Simulator (images only)",
+}
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = math.prod(input_shape)
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def cnn(input_shape: tuple[int, ...], num_classes: int, channels: list[int]) -> nn.Module:
+    """Conv-ReLU-(pool) stacks, then global average pooling and a linear head."""
+    if len(input_shape) not in (2, 3):
+        raise ConfigError(
+            f"model 'cnn' needs inputs shaped (C, L) or (C, H, W), got {input_shape}; use model.name=mlp"
+        )
+    conv, pool, gap = (
+        (nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d)
+        if len(input_shape) == 2
+        else (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+    )
+    layers: list[nn.Module] = []
+    width, size = input_shape[0], min(input_shape[1:])
+    for out in channels:
+        layers += [conv(width, out, kernel_size=3, padding=1), nn.ReLU()]
+        if size >= 4:
+            layers.append(pool(2))
+            size //= 2
+        width = out
+    layers += [gap(1), nn.Flatten(), nn.Linear(width, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm1 = nn.GroupNorm(2, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.norm2 = nn.GroupNorm(2, cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.GroupNorm(2, cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def resnet18_gn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """ResNet-18 for 32x32-style images: 3x3 stem, four stages of two basic blocks."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"model 'resnet18_gn' needs image inputs (C, H, W), got {input_shape}")
+    layers: list[nn.Module] = [
+        nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False),
+        nn.GroupNorm(2, 64),
+        nn.ReLU(),
+    ]
+    cin = 64
+    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
+
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": lambda shape, classes, cfg: mlp(shape, classes, cfg.hidden),
+    "cnn": lambda shape, classes, cfg: cnn(shape, classes, cfg.channels),
+    "resnet18_gn": lambda shape, classes, cfg: resnet18_gn(shape, classes),
+}
+
+
+def build_model(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    """Build `cfg.name` for the given input shape with a seeded initialisation."""
+    if cfg.name not in _BUILDERS:
+        raise ConfigError(f"unknown model '{cfg.name}'; choose one of: {', '.join(MODELS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _BUILDERS[cfg.name](tuple(input_shape), num_classes, cfg)

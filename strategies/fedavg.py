@@ -1,0 +1,22 @@
+"""FedAvg (McMahan et al. 2017): average the clients' models, weighted by sample count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedsim.errors import ConfigError
+from fedsim.strategy import Strategy
+
+
+@dataclass
+class FedAvg(Strategy):
+    """FedAvg: weighted average of client models (weighting = "samples" or "uniform")."""
+
+    weighting: str = "samples"
+
+    def validate(self) -> None:
+        if self.weighting not in ("samples", "uniform"):
+            raise ConfigError("strategy.weighting must be 'samples' or 'uniform'")
+
+    def upload_weights(self, num_samples: int) -> dict[str, float]:
+        return {"delta": float(num_samples) if self.weighting == "samples" else 1.0}

@@ -1,0 +1,158 @@
+"""Dataset loading: shapes, ranges, determinism, local Hugging Face copies and the offline failure."""
+
+from __future__ import annotations
+
+import time
+
+import datasets
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import torch
+
+from fedsim.data import DATASETS, load_dataset
+from fedsim.errors import ConfigError, DatasetUnavailable
+
+
+def test_digits_shapes_range_and_stratified_split():
+    bundle = load_dataset("digits", seed=0, num_clients=10)
+    x, y = bundle.tensors("train")
+    x_test, y_test = bundle.tensors("test")
+    assert bundle.input_shape == (1, 8, 8) and bundle.num_classes == 10
+    assert x.shape == (1437, 1, 8, 8) and x_test.shape == (360, 1, 8, 8)
+    assert x.dtype == torch.float32 and y.dtype == torch.int64
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    assert set(np.bincount(y_test.numpy())) <= {35, 36, 37}  # stratified: ~36 of each class
+
+
+def test_digits_seed_fixes_the_split():
+    a, b, c = (load_dataset("digits", seed=s, num_clients=1).tensors("test")[0] for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_tensors_are_converted_once():
+    bundle = load_dataset("digits", seed=0, num_clients=1)
+    assert bundle.tensors("train")[0] is bundle.tensors("train")[0]
+    with pytest.raises(ConfigError):
+        bundle.tensors("validation")
+
+
+def test_mnist1d_is_generated_locally_and_deterministically(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    bundle = load_dataset("mnist1d", seed=3, num_clients=10)
+    x, y = bundle.tensors("train")
+    assert bundle.input_shape == (1, 40) and bundle.num_classes == 10
+    assert x.shape == (4000, 1, 40) and bundle.tensors("test")[0].shape == (1000, 1, 40)
+    assert set(y.unique().tolist()) == set(range(10))
+    assert list(tmp_path.iterdir()) == []  # no cache pickle in the working directory
+    assert np.array_equal(np.random.get_state()[1], before)  # global RNG left as it was
+    again = load_dataset("mnist1d", seed=3, num_clients=10).tensors("train")[0]
+    other = load_dataset("mnist1d", seed=4, num_clients=10).tensors("train")[0]
+    assert torch.equal(x, again) and not torch.equal(x, other)
+
+
+def test_mnist1d_samples_and_test_fraction():
+    bundle = load_dataset("mnist1d", seed=0, num_clients=1, samples=1000, test_fraction=0.3)
+    assert (len(bundle.train), len(bundle.test)) == (700, 300)
+
+
+def test_synthetic_has_one_generator_per_client():
+    bundle = load_dataset("synthetic", seed=0, num_clients=30)
+    x, y = bundle.tensors("train")
+    ids = np.asarray(bundle.train.with_format("numpy")[:]["client_id"])
+    assert bundle.input_shape == (60,) and x.shape[1:] == (60,) and bundle.num_classes == 10
+    assert sorted(set(ids.tolist())) == list(range(30))
+    assert y.min() >= 0 and y.max() <= 9
+    total = len(bundle.train) + len(bundle.test)
+    assert 30 * 52 <= total <= 30 * 250 and 0.1 < len(bundle.test) / total < 0.3
+
+
+def test_synthetic_samples_and_seed():
+    a = load_dataset("synthetic", seed=5, num_clients=20, samples=2000)
+    b = load_dataset("synthetic", seed=5, num_clients=20, samples=2000)
+    c = load_dataset("synthetic", seed=6, num_clients=20, samples=2000)
+    assert abs(len(a.train) + len(a.test) - 2000) < 50
+    assert torch.equal(a.tensors("train")[0], b.tensors("train")[0])
+    assert not torch.equal(a.tensors("train")[0][:10], c.tensors("train")[0][:10])
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(ConfigError, match="digits, mnist1d, synthetic"):
+        load_dataset("cifar", seed=0, num_clients=1)
+    assert set(DATASETS) == {"digits", "mnist1d", "synthetic", "hf:<name>"}
+
+
+@pytest.mark.parametrize("kwargs", [{"test_fraction": 0.0}, {"test_fraction": 1.0}, {"samples": -1}])
+def test_bad_arguments_are_config_errors(kwargs):
+    with pytest.raises(ConfigError):
+        load_dataset("digits", seed=0, num_clients=1, **kwargs)
+
+
+def _images(rng, n, shape):
+    return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(n)]
+
+
+def test_hf_dataset_dict_from_disk(tmp_path):
+    rng = np.random.default_rng(0)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])}
+    )
+    splits = {
+        split: datasets.Dataset.from_dict(
+            {"image": _images(rng, n, (28, 28)), "label": rng.integers(0, 3, n)}, features=features
+        )
+        for split, n in (("train", 40), ("test", 12))
+    }
+    datasets.DatasetDict(splits).save_to_disk(tmp_path / "toy")
+    bundle = load_dataset("hf:toy", seed=0, num_clients=2, path=str(tmp_path / "toy"))
+    x, y = bundle.tensors("train")
+    assert bundle.input_shape == (1, 28, 28) and bundle.num_classes == 3
+    assert x.shape == (40, 1, 28, 28) and len(bundle.test) == 12
+    first = np.asarray(splits["train"][0]["image"], dtype=np.float32) / 255
+    assert np.allclose(x[0, 0].numpy(), first) and 0.0 <= x.min() and x.max() <= 1.0
+    assert y.tolist() == splits["train"]["label"][:]
+
+
+def test_hf_train_only_rgb_is_split_and_channels_first(tmp_path):
+    rng = np.random.default_rng(1)
+    train = datasets.Dataset.from_dict(
+        {"img": _images(rng, 50, (32, 32, 3)), "fine_label": rng.integers(0, 7, 50)},
+        features=datasets.Features({"img": datasets.Image(), "fine_label": datasets.Value("int64")}),
+    )
+    train.save_to_disk(tmp_path / "rgb")
+    bundle = load_dataset("hf:rgb", seed=0, num_clients=2, path=str(tmp_path / "rgb"), test_fraction=0.2)
+    assert bundle.input_shape == (3, 32, 32)
+    assert (len(bundle.train), len(bundle.test)) == (40, 10)
+    assert bundle.num_classes == int(np.max(train["fine_label"][:])) + 1
+
+
+def test_hf_directory_of_data_files(tmp_path):
+    rng = np.random.default_rng(2)
+    (tmp_path / "files").mkdir()
+    for split, n in (("train", 30), ("test", 10)):
+        ds = datasets.Dataset.from_dict({"pixels": rng.random((n, 5)).tolist(), "y": rng.integers(0, 4, n)})
+        ds.to_parquet(tmp_path / "files" / f"{split}.parquet")
+    bundle = load_dataset("hf:tab", seed=0, num_clients=2, path=str(tmp_path / "files"))
+    assert bundle.input_shape == (5,) and (len(bundle.train), len(bundle.test)) == (30, 10)
+
+
+def test_hf_offline_failure_is_one_fast_line(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Both libraries read these variables at import time, so flip their flags too.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(DatasetUnavailable) as err:
+        load_dataset("hf:fedsim-tests/no-such-dataset", seed=0, num_clients=2)
+    assert time.perf_counter() - start < 5
+    message = str(err.value)
+    assert "\n" not in message
+    assert "'hf:fedsim-tests/no-such-dataset'" in message and "data.path=" in message
+
+
+def test_hf_missing_local_path(tmp_path):
+    with pytest.raises(DatasetUnavailable, match="missing"):
+        load_dataset("hf:toy", seed=0, num_clients=2, path=str(tmp_path / "missing"))
