@@ -13,9 +13,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from clients.backprop import autograd_grad_fn, functional_grad_fn
 from clients.trainer import LocalSchedule
 from fedsim.aggregate import WeightedSum
-from fedsim.strategy import State, Strategy
+from fedsim.strategy import GradFn, State, Strategy
 from fedsim.tree import Params
 
 
@@ -29,6 +30,12 @@ class Task:
     client_data: list[tuple[torch.Tensor, torch.Tensor]]  # per client (x, y), on the CPU
     schedule: LocalSchedule
     device: torch.device
+
+    def grad_fn(self, model: nn.Module, functional: bool = False) -> GradFn:
+        """The gradient function clients train with; `functional=True` gives one that composes
+        with `torch.func.vmap`."""
+        build = functional_grad_fn if functional else autograd_grad_fn
+        return build(model, self.strategy.objective)
 
 
 @dataclass

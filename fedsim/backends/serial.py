@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from clients.backprop import autograd_grad_fn
 from clients.trainer import train_client
 from fedsim import tree
 from fedsim.aggregate import WeightedSum
@@ -16,7 +15,7 @@ class SerialBackend(Backend):
     def __init__(self, task: Task) -> None:
         super().__init__(task)
         model = task.model_fn().to(task.device)
-        self.grad_fn = autograd_grad_fn(model, task.strategy.objective)
+        self.grad_fn = task.grad_fn(model)
         self.data = [(x.to(task.device), y.to(task.device)) for x, y in task.client_data]
 
     def run_round(self, plan: RoundPlan) -> RoundOutput:
