@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import sys
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ def _load_from_file(path: str, attr: str) -> Any:
         raise ConfigError(f"strategy file '{path}' not found")
     spec = importlib.util.spec_from_file_location(f"fedsim_plugin_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return getattr(module, attr, None)
 

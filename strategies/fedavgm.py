@@ -1,0 +1,46 @@
+"""FedAvgM (Hsu et al. 2019): FedAvg with heavy-ball momentum on the server, Flower's update rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from fedsim import tree
+from fedsim.errors import ConfigError
+from fedsim.strategy import Aggregate, RoundInfo, State
+from fedsim.tree import Params
+from strategies.fedavg import FedAvg
+
+
+@dataclass
+class FedAvgM(FedAvg):
+    """FedAvgM: server momentum v = momentum * v + mean delta, then w -= server_lr * v.
+
+    The pseudo-gradient is the weighted mean client delta (`weighting` as in FedAvg). The rule
+    is `flwr.server.strategy.FedAvgM`: round 1 sets v to the pseudo-gradient (v starts at 0,
+    which is the same), no dampening, no Nesterov. Defaults: `momentum=0.9` (Hsu et al.'s
+    typical value; Flower's default of 0.0 would make this plain FedAvg) and `server_lr=1.0`.
+    The effective server step is about server_lr / (1 - momentum), so lower `server_lr` when
+    raising `momentum`. `momentum=0, server_lr=1` is FedAvg.
+    """
+
+    name: ClassVar[str] = "fedavgm"
+
+    server_lr: float = 1.0
+    momentum: float = 0.9
+
+    def validate(self) -> None:
+        super().validate()
+        if self.server_lr <= 0:
+            raise ConfigError(f"strategy.server_lr must be > 0, got {self.server_lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"strategy.momentum must be in [0, 1), got {self.momentum}")
+
+    def init_server_state(self, params: Params) -> State:
+        return {"v": tree.zeros_like(params)}
+
+    def server_update(
+        self, params: Params, server_state: State, aggregate: Aggregate, info: RoundInfo
+    ) -> tuple[Params, State]:
+        velocity = tree.add(aggregate.means["delta"], server_state["v"], self.momentum)
+        return tree.add(params, velocity, -self.server_lr), {"v": velocity}
