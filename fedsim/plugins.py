@@ -69,9 +69,16 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def build_strategy(table: dict[str, Any]) -> Strategy:
-    """Instantiate the strategy a config's `[strategy]` table names, checking its parameters."""
+    """Instantiate the strategy a config's `[strategy]` table names, checking its parameters.
+
+    Sub-tables hold per-strategy parameters (`[strategy.fedavgm] momentum = 0.9`); only the
+    chosen strategy's sub-table applies, so one config can sweep over strategy names.
+    """
     params = dict(table)
-    cls = strategy_class(params.pop("name"))
+    name = params.pop("name")
+    per_strategy = {key: params.pop(key) for key in list(params) if isinstance(params[key], dict)}
+    params.update(per_strategy.get(name, {}))
+    cls = strategy_class(name)
     strategy = build_section(cls, params, "strategy.")
     strategy.validate()
     return strategy

@@ -28,6 +28,12 @@ def test_module_and_file_references(tmp_path):
     assert type(strategy).__name__ == "Halved" and strategy.factor == 0.25
 
 
+def test_per_strategy_sub_tables_apply_only_to_their_strategy():
+    table = {"name": "fedavg", "fedavg": {"weighting": "uniform"}, "fedavgm": {"momentum": 0.5}}
+    assert build_strategy(table).weighting == "uniform"
+    assert build_strategy({**table, "name": "fedavgm"}).momentum == 0.5
+
+
 @pytest.mark.parametrize(
     "table, message",
     [
