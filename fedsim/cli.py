@@ -1,10 +1,11 @@
-"""The `fedsim` command line: run experiments and list what exists.
+"""The `fedsim` command line: run and resume experiments, sweep grids, report, list what exists.
 
 A mistake in the input is one line on stderr and a non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,32 +38,69 @@ def default_out_dir(name: str) -> Path:
 
 @app.command()
 def run(
-    config: Path = typer.Argument(..., help="Experiment TOML file, e.g. experiments/quickstart.toml."),
+    config: Optional[Path] = typer.Argument(
+        None, help="Experiment TOML file, e.g. experiments/quickstart.toml (omit with --resume)."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", "-s", help="Override a config value: --set data.alpha=0.1 (repeatable)."
     ),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/NAME_TIME)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue this run folder from its newest checkpoint (train.checkpoint_every)."
+    ),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Also log per-round metrics to RUN/tensorboard."
+    ),
 ) -> None:
     """Run one experiment and write its run folder (config, metrics, partition, summary, weights)."""
     try:
-        _run(config, set_, out_dir, quiet)
+        _run(config, set_, out_dir, quiet, resume, tensorboard)
     except FedsimError as e:
         fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         fail("interrupted; metrics of finished rounds are in the run folder", 130)
 
 
-def _run(config_path: Path, overrides: list[str], out_dir: Optional[Path], quiet: bool) -> None:
+def _run(
+    config_path: Optional[Path],
+    overrides: list[str],
+    out_dir: Optional[Path],
+    quiet: bool,
+    resume: Optional[Path],
+    tensorboard: bool,
+) -> None:
+    from fedsim.checkpoint import prepare_run
     from fedsim.config import load_config
-    from fedsim.engine import Simulation
+    from fedsim.errors import ConfigError
     from fedsim.progress import ProgressDisplay
-    from fedsim.results import RunFolder
 
-    config = load_config(config_path, overrides)
-    folder = RunFolder(out_dir or default_out_dir(config.name))
-    callbacks = [folder] if quiet else [folder, ProgressDisplay(err)]
-    sim = Simulation(config, callbacks)
+    if resume is not None:
+        if config_path is not None or overrides or out_dir is not None:
+            raise ConfigError(
+                "--resume RUN_DIR continues a run with its own config; drop CONFIG, --set and --out"
+            )
+        if not (resume / "config.toml").is_file():
+            raise ConfigError(f"'{resume}' is not a run folder (no config.toml)")
+        summary_file = resume / "summary.json"
+        if summary_file.is_file() and json.loads(summary_file.read_text()).get("status") == "finished":
+            out.print(f"{resume} already finished; nothing to resume", highlight=False)
+            return
+        config, path = load_config(resume / "config.toml"), resume
+    elif config_path is None:
+        raise ConfigError("give an experiment CONFIG file, or --resume RUN_DIR")
+    else:
+        config = load_config(config_path, overrides)
+        path = out_dir or default_out_dir(config.name)
+    callbacks = [] if quiet else [ProgressDisplay(err)]
+    if tensorboard:
+        from fedsim.tensorboard_logger import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(path / "tensorboard"))
+    sim = prepare_run(config, path, callbacks, resume=resume is not None)
+    if resume is not None:
+        start = f"after round {sim.round}" if sim.round else "from round 1 (no checkpoint yet)"
+        err.print(f"resuming {path} {start}", highlight=False)
     h = sim.heterogeneity()
     err.print(
         f"{config.data.dataset}: {config.data.num_clients} clients, {config.data.partitioner} "
@@ -71,12 +109,96 @@ def _run(config_path: Path, overrides: list[str], out_dir: Optional[Path], quiet
         f"backend {config.engine.backend} on {sim.device}",
         highlight=False,
     )
-    summary = sim.run()
+    if config.engine.backend == "flower":  # Flower's ServerApp owns the round loop
+        from fedsim.flower import run_with_flower
+
+        summary = run_with_flower(sim)
+    else:
+        summary = sim.run()
     table = Table(title=f"{config.name}: {summary['rounds']} rounds in {summary['wall_s']:.1f} s")
     for column in ("final accuracy", "best accuracy", "run folder"):
         table.add_column(column)
-    table.add_row(f"{summary['final_accuracy']:.4f}", f"{summary['best_accuracy']:.4f}", str(folder.path))
+    table.add_row(f"{summary['final_accuracy']:.4f}", f"{summary['best_accuracy']:.4f}", str(path))
     out.print(table)
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="Experiment TOML file every cell starts from."),
+    grid: list[str] = typer.Option(
+        [], "--grid", "-g", help="A grid axis: key=v1,v2,... with values read like --set (repeatable)."
+    ),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run seeds 0..N-1 in every grid cell."),
+    seed_list: Optional[str] = typer.Option(None, "--seed-list", help="Run these seeds, e.g. 0,1,7."),
+    set_: list[str] = typer.Option(
+        [], "--set", "-s", help="Override a config value in every cell (repeatable)."
+    ),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Sweep folder (default sweeps/NAME); rerun the same command to resume."
+    ),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Cells run at once (default: CPU cores)."),
+) -> None:
+    """Run a config over a cartesian grid of values and seeds, one run folder per cell; resumable."""
+    try:
+        _sweep(config, grid, seeds, seed_list, set_, out_dir, jobs)
+    except FedsimError as e:
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted; rerun the same command to resume the sweep", 130)
+
+
+def _sweep(
+    config_path: Path,
+    grid: list[str],
+    seeds: Optional[int],
+    seed_list: Optional[str],
+    overrides: list[str],
+    out_dir: Optional[Path],
+    jobs: Optional[int],
+) -> None:
+    from fedsim.config import load_config
+    from fedsim.errors import ConfigError
+    from fedsim.sweep import available_cores, run_sweep
+
+    base = load_config(config_path, overrides)
+    if seeds is not None and seed_list is not None:
+        raise ConfigError("give --seeds N or --seed-list, not both")
+    if seeds is not None and seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if seed_list is not None:
+        try:
+            seed_values = [int(s) for s in seed_list.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seed-list '{seed_list}' must be integers separated by commas") from None
+    else:
+        seed_values = list(range(seeds)) if seeds is not None else [base.seed]
+    out_path = out_dir or Path("sweeps") / base.name
+    jobs = jobs if jobs is not None else available_cores()
+    result = run_sweep(config_path, grid, seed_values, overrides, out_path, jobs, err)
+    err.print(
+        f"{result.total} cells: {result.skipped} already finished, {result.finished} finished now, "
+        f"{len(result.failed)} failed; folder {out_path}; table and plots: fedsim report {out_path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.failed:
+        fail(f"{len(result.failed)} cell(s) failed, e.g. {result.failed[0]} (see its error.txt)", 1)
+
+
+@app.command()
+def report(
+    folder: Path = typer.Argument(..., help="A sweep folder (with sweep.json) or a single run folder."),
+    target: float = typer.Option(0.8, "--target", help="Accuracy for the 'rounds to target' column."),
+) -> None:
+    """Tabulate a sweep (mean ± std over seeds) and plot it; writes report.md, report.csv and PNGs."""
+    try:
+        from fedsim.report import make_report
+
+        result = make_report(folder, target)
+    except FedsimError as e:
+        fail(str(e), e.exit_code)
+    out.print(result.markdown, highlight=False, markup=False, soft_wrap=True)
+    err.print("wrote " + ", ".join(str(p) for p in result.files), highlight=False, soft_wrap=True)
 
 
 @app.command("list")

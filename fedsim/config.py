@@ -35,6 +35,7 @@ class DataConfig:
     samples: int = 0  # total samples for generated datasets; 0 = the dataset's default
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
+    label_ratio: float = 1.0  # share of each client's samples that keep their label (stratified, seeded)
 
 
 @dataclass
@@ -64,6 +65,30 @@ class TrainConfig:
     min_local_work: float = 1.0  # each client does a random share in [this, 1] of its local steps
     eval_every: int = 1
     eval_batch_size: int = 1024
+    checkpoint_every: int = 0  # > 0: checkpoint every this many rounds (fedsim run --resume); 0 = off
+
+
+@dataclass
+class LocalLearningConfig:
+    """Supervised local learning: train the network as K gradient-isolated blocks, each with its own
+    auxiliary loss, so only one block's activations are alive at a time (clients/local_learning.py)."""
+
+    method: str = "none"  # none | dgl | auglocal | man
+    blocks: int = 2  # K; the last block trains the network's own head
+    aux: str = "federated"  # federated | local | frozen: what happens to the auxiliary nets across rounds
+    depth: int = 2  # auglocal: later layers each auxiliary net copies (d)
+    pyramid_coeff: float = 0.5  # auglocal: depth falls linearly from d to d - c (d - 1) over the blocks
+    ema_momentum: float = 0.995  # man: EMA momentum of the copy of the next block's first layer
+    recon_weight: list[float] = field(default_factory=lambda: [5.0, 0.5])  # man: first -> last aux net
+    ce_weight: list[float] = field(default_factory=lambda: [0.5, 1.0])  # man: first -> last aux net
+
+
+@dataclass
+class ClientConfig:
+    """How clients compute their local updates."""
+
+    local_learning: LocalLearningConfig = field(default_factory=LocalLearningConfig)
+    track_memory: bool = False  # per-client peak activation bytes in metrics.csv (slows small models)
 
 
 @dataclass
@@ -72,6 +97,12 @@ class EngineConfig:
 
     backend: str = "serial"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_clients_per_batch: int = 0  # vectorized: clients trained at once; 0 = as many as fit memory
+    workers: int = 0  # ray: actors in the pool; 0 = as many as the CPUs/GPUs hold at the sizes below
+    cpus_per_worker: float = 1.0  # ray: CPUs each actor reserves (and its torch threads)
+    gpus_per_worker: float = 0.0  # ray: GPUs each actor reserves; fractions share a GPU (e.g. 0.25)
+    ray_address: str = ""  # ray: join this cluster (host:port of `ray start --head`); "" = a local instance
+    max_retries: int = 2  # ray: times per round a dead actor is replaced and its share retried
 
 
 @dataclass
@@ -83,6 +114,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     engine: EngineConfig = field(default_factory=EngineConfig)
 

@@ -1,7 +1,9 @@
 """The round loop: sample a cohort, train it on a backend, aggregate, evaluate.
 
 Read `Simulation.run` top to bottom to see one whole experiment. Cross-cutting concerns
-(progress display, run folder) are `Callback`s, so the loop stays short.
+(progress display, run folder, checkpoints) are `Callback`s, so the loop stays short.
+`Simulation.snapshot` and `Simulation.restore` capture and reinstate everything a run has
+accumulated between rounds (`SimulationState`); fedsim.checkpoint writes it to disk.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from clients.local_learning import build_training_model, federate
+from clients.memory import model_state_bytes
+from clients.semi_supervised import PSEUDO_LABEL_COLUMNS, SemiSupervisedStrategy, pseudo_label_metrics
 from clients.trainer import LocalSchedule
 from fedsim import seeding, tree
 from fedsim.backends import make_backend
@@ -23,10 +29,11 @@ from fedsim.backends.base import RoundOutput, RoundPlan, Task
 from fedsim.client_state import ClientStateStore
 from fedsim.config import Config
 from fedsim.data import heterogeneity, load_dataset, partition_dataset
+from fedsim.data.labels import split_labels
 from fedsim.errors import ConfigError
-from fedsim.models import build_model
 from fedsim.plugins import build_strategy
-from fedsim.strategy import Aggregate, RoundInfo
+from fedsim.strategy import Aggregate, RoundInfo, State
+from fedsim.tree import Params
 from fedsim.validate import resolve_device, validate
 
 
@@ -35,7 +42,11 @@ class Callback:
 
     def on_run_start(self, sim: "Simulation") -> None: ...
 
-    def on_round_end(self, sim: "Simulation", record: dict[str, Any]) -> None: ...
+    def on_round_end(self, sim: "Simulation", record: dict[str, Any]) -> None:
+        """After an evaluated round, with its metrics record."""
+
+    def on_round_done(self, sim: "Simulation") -> None:
+        """After every round, evaluated or not, once `sim.round` and `sim.history` include it."""
 
     def on_run_end(self, sim: "Simulation", summary: dict[str, Any], error: BaseException | None) -> None: ...
 
@@ -48,6 +59,22 @@ class History:
 
     def accuracies(self) -> list[float]:
         return [r["test_accuracy"] for r in self.records]
+
+
+@dataclass
+class SimulationState:
+    """Everything a run accumulates between rounds; the rest is rebuilt from the config.
+
+    No random-generator state is kept: every draw derives from (seed, round, client id)
+    (fedsim.seeding), so the round number is all a resumed run needs to draw the same.
+    """
+
+    round: int
+    params: Params
+    server_state: State
+    client_states: dict[int, State]
+    history: list[dict[str, Any]]
+    wall_s: float  # training wall time so far
 
 
 def cohort_size(num_clients: int, fraction: float) -> int:
@@ -89,9 +116,19 @@ class Simulation:
         if any(len(idx) == 0 for idx in self.partition.indices):
             raise ConfigError("the partition left a client without data; lower data.num_clients")
         client_data = [(x_train[idx], self.y_train[idx]) for idx in map(torch.as_tensor, self.partition.indices)]
+        # backends get the labelled (x, y) and the unlabelled x; the unlabelled samples' true labels
+        # stay here, to score pseudo-labels (`diagnostic_columns` of metrics.csv)
+        client_data, unlabelled_data, self.hidden_labels = split_labels(
+            client_data, d.label_ratio, config.seed
+        )
+        semi_supervised = isinstance(self.strategy, SemiSupervisedStrategy)
+        self.diagnostic_columns = PSEUDO_LABEL_COLUMNS if semi_supervised else []
         self.x_test, self.y_test = (t.to(self.device) for t in self.dataset.tensors("test"))
         self.model = self._build_model().to(self.device)
         self.params = tree.clone({k: v for k, v in self.model.named_parameters()})
+        # local learning: MAN's EMA copies and private auxiliary nets leave the federated params
+        self.strategy, self.params = federate(self.strategy, self.model, self.params)
+        self.model_state_bytes = model_state_bytes(self.model, momentum=config.train.momentum > 0)
         self.server_state = self.strategy.init_server_state(self.params)
         self.client_states = ClientStateStore()
         t = config.train
@@ -103,14 +140,25 @@ class Simulation:
             momentum=t.momentum,
             clip_norm=t.clip_norm,
         )
-        self.task = Task(config.seed, self._build_model, self.strategy, client_data, schedule, self.device)
+        model_fn = partial(
+            build_training_model, config.model, config.client.local_learning,
+            self.dataset.input_shape, self.dataset.num_classes, config.seed,
+        )
+        self.task = Task(
+            config.seed, model_fn, self.strategy, client_data, schedule, self.device, unlabelled_data,
+            track_memory=config.client.track_memory,
+        )
         self.history = History()
         self.round = 0
         self.backend = None
+        self._wall_before = 0.0  # wall time of the rounds before a resume
+        self._run_start: float | None = None
 
     def _build_model(self) -> torch.nn.Module:
-        return build_model(
-            self.config.model, self.dataset.input_shape, self.dataset.num_classes, self.config.seed
+        """The network clients train, with auxiliary nets under client.local_learning."""
+        return build_training_model(
+            self.config.model, self.config.client.local_learning,
+            self.dataset.input_shape, self.dataset.num_classes, self.config.seed,
         )
 
     # ------------------------------------------------------------------ one round
@@ -183,13 +231,40 @@ class Simulation:
         n = len(self.y_test)
         return loss_sum / n, correct / n
 
+    # ------------------------------------------------------------------ state
+    def snapshot(self) -> SimulationState:
+        """The run's state after `self.round` rounds (tensors on the CPU, shared with the run)."""
+        return SimulationState(
+            round=self.round,
+            params=tree.to(self.params, "cpu"),
+            server_state={g: tree.to(p, "cpu") for g, p in self.server_state.items()},
+            client_states={cid: self.client_states.get(cid) for cid in self.client_states.client_ids()},
+            history=list(self.history.records),
+            wall_s=self.wall_s(),
+        )
+
+    def restore(self, state: SimulationState) -> None:
+        """Continue from `state`: the next `run` starts at round `state.round + 1`."""
+        self.round = state.round
+        self.params = tree.to(state.params, self.device)
+        self.server_state = {g: tree.to(p, self.device) for g, p in state.server_state.items()}
+        for cid, client_state in state.client_states.items():
+            self.client_states.set(cid, client_state)
+        self.history = History(list(state.history))
+        self._wall_before = state.wall_s
+
+    def wall_s(self) -> float:
+        """Training wall time so far, counting the rounds run before a resume."""
+        running = time.perf_counter() - self._run_start if self._run_start is not None else 0.0
+        return self._wall_before + running
+
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
-        """Train all rounds; returns the summary. Callbacks see every evaluated round."""
-        start = time.perf_counter()
+        """Train the remaining rounds; returns the summary. Callbacks see every evaluated round."""
+        self._run_start = time.perf_counter()
         error: BaseException | None = None
         try:
-            self.backend = make_backend(self.config.engine.backend, self.task)
+            self.backend = make_backend(self.config.engine.backend, self.task, self.config.engine)
             for cb in self.callbacks:
                 cb.on_run_start(self)
             t = self.config.train
@@ -209,18 +284,25 @@ class Simulation:
                         "num_clients": len(output.reports),
                         "lr": plan.lr,
                         "round_s": time.perf_counter() - round_start,
-                        "wall_s": time.perf_counter() - start,
+                        "wall_s": self.wall_s(),
+                        "peak_activation_bytes": max(r.peak_activation_bytes for r in output.reports),
+                        "model_state_bytes": self.model_state_bytes,
+                        "peak_cuda_bytes": max(r.peak_cuda_bytes for r in output.reports),
                     }
+                    if self.diagnostic_columns:
+                        record.update(pseudo_label_metrics(output.reports, self.hidden_labels))
                     self.history.records.append(record)
                     for cb in self.callbacks:
                         cb.on_round_end(self, record)
+                for cb in self.callbacks:
+                    cb.on_round_done(self)
         except BaseException as err:
             error = err
             raise
         finally:
             if self.backend is not None:
                 self.backend.close()
-            summary = self.summary(time.perf_counter() - start, error)
+            summary = self.summary(self.wall_s(), error)
             for cb in self.callbacks:
                 cb.on_run_end(self, summary, error)
         return summary

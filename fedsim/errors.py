@@ -31,3 +31,8 @@ class TrainingDiverged(FedsimError):
         )
         self.round = round_
         self.client_id = client_id
+        self.loss = loss
+
+    def __reduce__(self):
+        # rebuild from the constructor's arguments, so the error crosses process boundaries (Ray)
+        return type(self), (self.round, self.client_id, self.loss)

@@ -18,6 +18,8 @@ MODELS: dict[str, str] = {
     "mlp": "multi-layer perceptron on flattened inputs (model.hidden sets the widths)",
     "cnn": "small CNN, 1-D for sequences (C, L) and 2-D for images (C, H, W) (model.channels)",
     "resnet18_gn": "CIFAR ResNet-18 with GroupNorm(2), as in FL-Simulator (images only)",
+    "resnet32_gn": "CIFAR ResNet-32 (He et al.): 3 stages of 5 basic blocks, widths 16/32/64, GroupNorm",
+    "resnet110_gn": "CIFAR ResNet-110 (He et al.): 3 stages of 18 basic blocks, widths 16/32/64, GroupNorm",
 }
 
 
@@ -54,7 +56,9 @@ def cnn(input_shape: tuple[int, ...], num_classes: int, channels: list[int]) -> 
     return nn.Sequential(*layers)
 
 
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm and a residual connection (1x1 conv when the shape changes)."""
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -84,9 +88,31 @@ def resnet18_gn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     ]
     cin = 64
     for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-        layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
+        layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def cifar_resnet(
+    input_shape: tuple[int, ...], num_classes: int, blocks_per_stage: int, name: str
+) -> nn.Module:
+    """The CIFAR ResNet-(6n+2) of He et al. (2016): a 3x3 stem, then three stages of n basic blocks
+    with widths 16, 32, 64 (stride 2 into stages 2 and 3), global pooling and a linear head.
+    GroupNorm instead of BatchNorm, and 1x1-conv shortcuts, as in `resnet18_gn`."""
+    if len(input_shape) != 3:
+        raise ConfigError(f"model '{name}' needs image inputs (C, H, W), got {input_shape}")
+    layers: list[nn.Module] = [
+        nn.Conv2d(input_shape[0], 16, 3, 1, 1, bias=False),
+        nn.GroupNorm(2, 16),
+        nn.ReLU(),
+    ]
+    cin = 16
+    for cout, stride in [(16, 1), (32, 2), (64, 2)]:
+        for i in range(blocks_per_stage):
+            layers.append(BasicBlock(cin, cout, stride if i == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
     return nn.Sequential(*layers)
 
 
@@ -94,6 +120,8 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "mlp": lambda shape, classes, cfg: mlp(shape, classes, cfg.hidden),
     "cnn": lambda shape, classes, cfg: cnn(shape, classes, cfg.channels),
     "resnet18_gn": lambda shape, classes, cfg: resnet18_gn(shape, classes),
+    "resnet32_gn": lambda shape, classes, cfg: cifar_resnet(shape, classes, 5, "resnet32_gn"),
+    "resnet110_gn": lambda shape, classes, cfg: cifar_resnet(shape, classes, 18, "resnet110_gn"),
 }
 
 

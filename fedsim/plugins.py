@@ -39,9 +39,19 @@ def _load_from_file(path: str, attr: str) -> Any:
         raise ConfigError(f"strategy file '{path}' not found")
     spec = importlib.util.spec_from_file_location(f"fedsim_plugin_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
+    sys.modules[spec.name] = module  # dataclasses and type hints resolve names through it
     spec.loader.exec_module(module)
+    _ship_by_value(module)
     return getattr(module, attr, None)
+
+
+def _ship_by_value(module) -> None:
+    """A file plugin cannot be imported by name in Ray worker processes: send its code along."""
+    try:
+        from ray import cloudpickle
+    except ImportError:  # without Ray there are no worker processes to ship it to
+        return
+    cloudpickle.register_pickle_by_value(module)
 
 
 def strategy_class(name: str) -> type[Strategy]:

@@ -31,7 +31,9 @@ class ProgressDisplay(Callback):
             console=self.console,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=sim.config.train.rounds, acc="-", loss="-")
+        self.task = self.progress.add_task(
+            "train", total=sim.config.train.rounds, completed=sim.round, acc="-", loss="-"
+        )
 
     def on_round_end(self, sim: Simulation, record: dict[str, Any]) -> None:
         self.progress.update(

@@ -14,10 +14,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from clients.local_learning import network_params
 from fedsim.data import partition_table
 from fedsim.engine import Callback, Simulation
 
-METRIC_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "num_clients", "lr", "round_s", "wall_s"]
+METRIC_COLUMNS = [
+    "round", "test_accuracy", "test_loss", "train_loss", "num_clients", "lr", "round_s", "wall_s",
+    "peak_activation_bytes", "model_state_bytes", "peak_cuda_bytes",  # max over the round's clients
+]
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -26,25 +30,32 @@ class RunFolder(Callback):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.columns = METRIC_COLUMNS
 
     def on_run_start(self, sim: Simulation) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.toml").write_text(sim.config.to_toml())
         table = partition_table(sim.partition, sim.y_train.numpy(), sim.dataset.num_classes)
         table.to_csv(self.path / "partition.csv", index=False)
-        with open(self.path / "metrics.csv", "w", newline="") as f:
-            csv.writer(f).writerow(METRIC_COLUMNS)
+        self.columns = METRIC_COLUMNS + sim.diagnostic_columns  # e.g. pseudo-label diagnostics
+        with open(self.path / "metrics.csv", "w", newline="") as f:  # a resumed run restarts from its history
+            writer = csv.writer(f)
+            writer.writerow(self.columns)
+            writer.writerows([record[c] for c in self.columns] for record in sim.history.records)
 
     def on_round_end(self, sim: Simulation, record: dict[str, Any]) -> None:
         with open(self.path / "metrics.csv", "a", newline="") as f:
-            csv.writer(f).writerow([record[c] for c in METRIC_COLUMNS])
+            csv.writer(f).writerow([record[c] for c in self.columns])
 
     def on_run_end(self, sim: Simulation, summary: dict[str, Any], error: BaseException | None) -> None:
         if not self.path.exists():
             return
-        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         if error is None:
-            save_weights(self.path / WEIGHTS_FILE, sim.params, sim.config.model.name)
+            # the ordinary network's weights: local learning's auxiliary nets are left out
+            weights = network_params(sim.model, sim.params)
+            save_weights(self.path / WEIGHTS_FILE, weights, sim.config.model.name)
+        # last: a summary saying "finished" marks a complete run folder (fedsim sweep skips those)
+        (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def save_weights(path: Path, params: dict[str, torch.Tensor], model_name: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
+from clients.local_learning import AUX_MODES, METHODS
 from fedsim.backends import BACKENDS
 from fedsim.config import Config
 from fedsim.errors import ConfigError
@@ -23,6 +26,7 @@ def validate(config: Config) -> None:
     _require(d.min_partition_size >= 0, "data.min_partition_size must be >= 0")
     _require(0 < d.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {d.test_fraction}")
     _require(d.samples >= 0, "data.samples must be >= 0")
+    _require(0 < d.label_ratio <= 1, f"data.label_ratio must be in (0, 1], got {d.label_ratio}")
     _require(config.model.name in MODELS, f"unknown model '{config.model.name}'; choose one of: {', '.join(MODELS)}")
     _require(all(h > 0 for h in config.model.hidden), "model.hidden widths must be > 0")
     _require(all(c > 0 for c in config.model.channels), "model.channels widths must be > 0")
@@ -40,8 +44,59 @@ def validate(config: Config) -> None:
     _require(0 < t.min_local_work <= 1, f"train.min_local_work must be in (0, 1], got {t.min_local_work}")
     _require(t.eval_every >= 1, "train.eval_every must be >= 1")
     _require(t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1")
+    _require(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
     _require(e.backend in BACKENDS, f"unknown backend '{e.backend}'; choose one of: {', '.join(BACKENDS)}")
+    _require(e.max_clients_per_batch >= 0, f"engine.max_clients_per_batch must be >= 0 (0 = automatic), got {e.max_clients_per_batch}")
+    validate_ray(config)
     resolve_device(e.device)
+    validate_local_learning(config)
+
+
+def validate_ray(config: Config) -> None:
+    """The Ray pool's settings; whether the machine or cluster has the resources is checked at start-up."""
+    e = config.engine
+    _require(e.workers >= 0, f"engine.workers must be >= 0 (0 = as many as resources hold), got {e.workers}")
+    _require(e.cpus_per_worker > 0, f"engine.cpus_per_worker must be > 0, got {e.cpus_per_worker}")
+    _require(
+        e.gpus_per_worker >= 0 and (e.gpus_per_worker <= 1 or float(e.gpus_per_worker).is_integer()),
+        f"engine.gpus_per_worker must be a fraction in [0, 1] or a whole number, got {e.gpus_per_worker}",
+    )
+    _require(e.max_retries >= 0, f"engine.max_retries must be >= 0, got {e.max_retries}")
+    if e.backend != "ray":
+        return
+    _require(importlib.util.find_spec("ray"), "engine.backend=ray needs Ray: pip install 'fedsim[ray]'")
+    on_gpu = resolve_device(e.device).type == "cuda"
+    _require(
+        not on_gpu or e.gpus_per_worker > 0,
+        "engine.backend=ray on a GPU needs engine.gpus_per_worker > 0 (0.25 puts four workers on each GPU)",
+    )
+    _require(
+        on_gpu or e.gpus_per_worker == 0,
+        f"engine.gpus_per_worker={e.gpus_per_worker:g} needs engine.device=cuda (or auto on a GPU machine)",
+    )
+
+def validate_local_learning(config: Config) -> None:
+    """Ranges of `client.local_learning`; whether K fits the model is checked when it is built."""
+    ll = config.client.local_learning
+    key = "client.local_learning"
+    _require(ll.method in METHODS, f"unknown {key}.method '{ll.method}'; choose one of: {', '.join(METHODS)}")
+    _require(ll.blocks >= 1, f"{key}.blocks must be >= 1, got {ll.blocks}")
+    _require(ll.aux in AUX_MODES, f"unknown {key}.aux '{ll.aux}'; choose one of: {', '.join(AUX_MODES)}")
+    _require(ll.depth >= 1, f"{key}.depth must be >= 1, got {ll.depth}")
+    _require(0 <= ll.pyramid_coeff <= 1, f"{key}.pyramid_coeff must be in [0, 1], got {ll.pyramid_coeff}")
+    _require(0 <= ll.ema_momentum <= 1, f"{key}.ema_momentum must be in [0, 1], got {ll.ema_momentum}")
+    for name in ("recon_weight", "ce_weight"):
+        pair = getattr(ll, name)
+        message = f"{key}.{name} must be [first, last] weights >= 0, got {pair}"
+        _require(len(pair) == 2 and min(pair) >= 0, message)
+    _require(
+        all(r + c > 0 for r, c in zip(ll.recon_weight, ll.ce_weight)),
+        f"{key}: recon_weight + ce_weight must be > 0 at both ends, or a block gets no gradient",
+    )
+    _require(
+        ll.method == "none" or config.engine.backend != "vectorized",
+        f"{key} runs on the serial, ray and flower backends, not vectorized; set engine.backend=serial",
+    )
 
 
 def resolve_device(name: str) -> torch.device:

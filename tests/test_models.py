@@ -38,4 +38,4 @@ def test_mlp_widths_follow_config():
 def test_resnet_rejects_sequences():
     with pytest.raises(ConfigError, match="resnet18_gn"):
         build_model(ModelConfig(name="resnet18_gn"), (1, 40), 10, seed=0)
-    assert set(MODELS) == {"mlp", "cnn", "resnet18_gn"}
+    assert set(MODELS) == {"mlp", "cnn", "resnet18_gn", "resnet32_gn", "resnet110_gn"}

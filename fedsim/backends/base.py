@@ -7,13 +7,15 @@ the same `RoundOutput`; the engine does not know which one it talks to.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
 from clients.backprop import autograd_grad_fn, functional_grad_fn
+from clients.local_learning import LocalLearningNet, local_learning_grad_fn, unsupported_functional_grad_fn
+from clients.memory import MemoryMeter
 from clients.trainer import LocalSchedule
 from fedsim.aggregate import WeightedSum
 from fedsim.strategy import GradFn, State, Strategy
@@ -27,15 +29,28 @@ class Task:
     seed: int
     model_fn: Callable[[], nn.Module]
     strategy: Strategy
-    client_data: list[tuple[torch.Tensor, torch.Tensor]]  # per client (x, y), on the CPU
+    client_data: list[tuple[torch.Tensor, torch.Tensor]]  # per client the labelled (x, y), on the CPU
     schedule: LocalSchedule
     device: torch.device
+    # per client the inputs without a label (data.label_ratio < 1; empty tensors otherwise), on the CPU;
+    # their true labels stay in the engine, for diagnostics only
+    unlabelled_data: list[torch.Tensor] = field(default_factory=list)
+    track_memory: bool = False  # meter each client's peak activation bytes (client.track_memory)
 
     def grad_fn(self, model: nn.Module, functional: bool = False) -> GradFn:
         """The gradient function clients train with; `functional=True` gives one that composes
-        with `torch.func.vmap`."""
+        with `torch.func.vmap`. A `LocalLearningNet` (client.local_learning) trains block-wise,
+        which does not vectorize."""
+        if isinstance(model, LocalLearningNet):
+            if functional:
+                return unsupported_functional_grad_fn
+            return local_learning_grad_fn(model, self.strategy.objective)
         build = functional_grad_fn if functional else autograd_grad_fn
         return build(model, self.strategy.objective)
+
+    def memory_meter(self) -> MemoryMeter:
+        """The meter a backend trains each client inside (activations only with `track_memory`)."""
+        return MemoryMeter(self.device, activations=self.track_memory)
 
 
 @dataclass
@@ -59,6 +74,9 @@ class ClientReport:
     num_samples: int
     num_steps: int
     loss: float
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. a client's pseudo-labels
+    peak_activation_bytes: int = 0  # peak bytes saved for backward (Task.track_memory), clients/memory.py
+    peak_cuda_bytes: int = 0  # torch.cuda.max_memory_allocated while the client trained (0 on the CPU)
 
 
 @dataclass

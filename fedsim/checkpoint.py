@@ -1,0 +1,174 @@
+"""Checkpoints of a run, and resuming from them.
+
+A checkpoint is a folder `RUN/checkpoints/round_NNNNNN/` with two plain files, loadable
+without unpickling anything:
+
+- `tensors.safetensors`: the global params (`params/<name>`), the strategy's server state
+  (`server/<group>/<name>`) and every stored client state (`client/<id>/<group>/<name>`);
+- `state.json`: the round, the metrics history so far, the training wall time and the
+  resolved config as TOML (a resume under a different config is refused).
+
+No random-generator state is saved because none exists to save: every draw (cohort
+sampling, dropout, local work, batch order, model init) comes from a generator built from
+(seed, purpose, round, client id) in fedsim.seeding, and nothing draws from the global
+torch/numpy/random generators (tests/test_checkpoint.py pins this). Strategies keep all their
+state in the server and client states saved here, so the round number restores every draw.
+
+A checkpoint is written into a temporary folder and renamed into place, so a run killed at
+any moment leaves either the previous checkpoint or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load, save
+
+from fedsim.client_state import flatten, unflatten
+from fedsim.config import Config
+from fedsim.engine import Callback, Simulation, SimulationState
+from fedsim.errors import ConfigError
+from fedsim.results import RunFolder
+
+CHECKPOINTS_DIR = "checkpoints"
+TENSORS_FILE = "tensors.safetensors"
+STATE_FILE = "state.json"
+_PREFIX = "round_"
+
+
+class Checkpointer(Callback):
+    """Writes a checkpoint into the run folder every `every` rounds, keeping only the newest."""
+
+    def __init__(self, run_dir: str | Path, every: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.every = every
+
+    def on_round_done(self, sim: Simulation) -> None:
+        if sim.round % self.every == 0:
+            save_checkpoint(self.run_dir, sim.snapshot(), sim.config)
+
+
+def save_checkpoint(run_dir: str | Path, state: SimulationState, config: Config) -> Path:
+    """Atomically write `state` as the run's newest checkpoint and drop older ones."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{_PREFIX}{state.round:06d}"
+    staging = root / f".{final.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    _write_durably(staging / TENSORS_FILE, save(_flat_tensors(state)))
+    meta = {
+        "round": state.round,
+        "wall_s": state.wall_s,
+        "history": state.history,
+        "config": config.to_toml(),
+    }
+    _write_durably(staging / STATE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    _fsync_dir(root)
+    for old in root.iterdir():
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint folder of a run, or None."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    found = [p for p in root.glob(f"{_PREFIX}*") if p.is_dir() and p.name[len(_PREFIX) :].isdigit()]
+    return max(found, key=lambda p: int(p.name[len(_PREFIX) :]), default=None)
+
+
+def load_checkpoint(run_dir: str | Path, config: Config) -> SimulationState | None:
+    """The run's newest checkpoint, or None if it has none; refuses one made under another config."""
+    folder = latest_checkpoint(run_dir)
+    if folder is None:
+        return None
+    meta = json.loads((folder / STATE_FILE).read_text())
+    changed = config_differences(meta["config"], config)
+    if changed:
+        raise ConfigError(
+            f"checkpoint {folder} was made with a different config ({', '.join(changed)} differ); "
+            "resume with the run's own config.toml or start a new run"
+        )
+    flat = load((folder / TENSORS_FILE).read_bytes())
+    params, server, clients = {}, {}, {}
+    for key, tensor in flat.items():
+        kind, rest = key.split("/", 1)
+        if kind == "params":
+            params[rest] = tensor
+        elif kind == "server":
+            server[rest] = tensor
+        else:
+            cid, name = rest.split("/", 1)
+            clients.setdefault(int(cid), {})[name] = tensor
+    return SimulationState(
+        round=meta["round"],
+        params=params,
+        server_state=unflatten(server),
+        client_states={cid: unflatten(flat_state) for cid, flat_state in sorted(clients.items())},
+        history=meta["history"],
+        wall_s=meta["wall_s"],
+    )
+
+
+def prepare_run(
+    config: Config, run_dir: str | Path, callbacks: list[Callback] = (), resume: bool = False
+) -> Simulation:
+    """A Simulation that writes its run folder (and checkpoints, if the config asks for them);
+    with `resume`, restored from the folder's newest checkpoint when there is one."""
+    callbacks = [RunFolder(run_dir), *callbacks]
+    if config.train.checkpoint_every > 0:
+        callbacks.append(Checkpointer(run_dir, config.train.checkpoint_every))
+    sim = Simulation(config, callbacks)
+    state = load_checkpoint(run_dir, config) if resume else None
+    if state is not None:
+        sim.restore(state)
+    return sim
+
+
+def _flat_tensors(state: SimulationState) -> dict[str, torch.Tensor]:
+    """One flat name -> tensor mapping; cloned, because safetensors refuses tensors that share memory."""
+    flat = {f"params/{k}": v for k, v in state.params.items()}
+    flat.update({f"server/{k}": v for k, v in flatten(state.server_state).items()})
+    for cid, client_state in state.client_states.items():
+        flat.update({f"client/{cid}/{k}": v for k, v in flatten(client_state).items()})
+    return {k: v.detach().cpu().contiguous().clone() for k, v in flat.items()}
+
+
+def config_differences(saved_toml: str, config: Config) -> list[str]:
+    """Dotted keys whose values differ between a saved config (TOML text) and `config`."""
+    return _changed_keys(tomllib.loads(saved_toml), tomllib.loads(config.to_toml()))
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(prefix + key)
+    return changed
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
