@@ -1,0 +1,172 @@
+"""The vectorized backend trains like serial (up to float rounding), reruns identically, refuses what it cannot run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clients.semi_supervised import SemiSupervisedStrategy
+from clients.trainer import LocalSchedule, batch_indices
+from clients.vectorized import is_sample_mean, plan_batches
+from fedsim.backends import make_backend
+from fedsim.backends.base import Task
+from fedsim.backends.serial import SerialBackend
+from fedsim.backends.vectorized import VectorizedBackend, auto_backend
+from fedsim.config import load_config
+from fedsim.engine import Simulation
+from fedsim.errors import ConfigError, TrainingDiverged
+from fedsim.plugins import available_strategies, strategy_class
+from fedsim.seeding import torch_generator
+from fedsim.validate import validate
+from strategies.fedld import FedLD
+from tests.conftest import QUICKSTART
+
+# unequal client sizes (Dirichlet), half the clients per round, a random share of local steps,
+# batches of 16 so clients end epochs on short batches
+UNEQUAL = [
+    "data.num_clients=12",
+    "train.fraction=0.5",
+    "train.min_local_work=0.5",
+    "train.rounds=3",
+    "train.local_epochs=2",
+    "train.batch_size=16",
+    "train.lr=0.1",
+    "engine.device=cpu",
+]
+
+
+def config(*overrides: str):
+    return load_config(QUICKSTART, [*UNEQUAL, *overrides])
+
+
+def final_params(*overrides: str) -> dict[str, torch.Tensor]:
+    sim = Simulation(config(*overrides))
+    sim.run()
+    return sim.params
+
+
+def run_rounds(sim: Simulation, backend, rounds: int) -> dict[str, torch.Tensor]:
+    """Drive `rounds` rounds of `sim` on a backend built outside the engine."""
+    for round_ in range(1, rounds + 1):
+        plan = sim.plan_round(round_)
+        sim.apply_round(plan, backend.run_round(plan))
+    return sim.params
+
+
+def assert_close_relative(got: dict, want: dict, tolerance: float = 1e-5) -> None:
+    for name, value in want.items():
+        error = float((got[name] - value).norm() / value.norm())
+        assert error <= tolerance, f"{name}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("name", sorted(available_strategies()))
+def test_every_strategy_matches_serial_or_is_refused(name):
+    if issubclass(strategy_class(name), SemiSupervisedStrategy):
+        with pytest.raises(ConfigError, match="use engine.backend=serial"):
+            Simulation(config(f"strategy.name={name}", "engine.backend=vectorized")).run()
+        return
+    serial = final_params(f"strategy.name={name}")
+    vectorized = final_params(f"strategy.name={name}", "engine.backend=vectorized")
+    assert_close_relative(vectorized, serial)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.momentum=0.9", "train.weight_decay=0.01", "train.clip_norm=0.5"],
+        ["strategy.name=scaffold", "train.momentum=0.5", "train.clip_norm=0.5"],
+        ["strategy.name=fedspeed", "strategy.variant=fl_simulator"],
+        ["strategy.name=fedld", "strategy.margin_norm=sample"],  # a padded objective other than cross-entropy
+        ["train.local_steps=7", "train.batch_size=8"],
+    ],
+    ids=["sgd-options", "scaffold-momentum", "fedspeed-fl-simulator", "fedld-sample", "fixed-steps"],
+)
+def test_matches_serial_with_local_optimiser_options(overrides):
+    assert_close_relative(final_params(*overrides, "engine.backend=vectorized"), final_params(*overrides))
+
+
+def test_rerun_is_bit_identical():
+    a = final_params("strategy.name=scaffold", "engine.backend=vectorized")
+    b = final_params("strategy.name=scaffold", "engine.backend=vectorized")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_chunks_give_the_result_of_one_chunk():
+    def params(max_clients: int) -> dict[str, torch.Tensor]:
+        sim = Simulation(config("strategy.name=fedld", "train.fraction=1.0"))
+        return run_rounds(sim, VectorizedBackend(sim.task, max_clients), rounds=2)
+
+    whole = params(0)
+    assert_close_relative(params(5), whole, tolerance=1e-6)
+    assert_close_relative(params(1), whole, tolerance=1e-6)
+
+
+def test_batch_plan_is_serials_batch_order():
+    sizes, steps, batch = np.array([10, 3, 7, 1]), np.array([6, 2, 1, 3]), 4
+    offsets = np.cumsum(sizes) - sizes
+    generators = [torch_generator(0, "shuffle", 2, cid) for cid in range(4)]
+    rows, lengths = plan_batches(sizes, steps, offsets, generators, batch)
+    for cid in range(4):
+        want = list(
+            batch_indices(int(sizes[cid]), int(steps[cid]), batch, torch_generator(0, "shuffle", 2, cid))
+        )
+        assert lengths[cid, : steps[cid]].tolist() == [len(b) for b in want]
+        assert not lengths[cid, steps[cid] :].any()
+        for t, b in enumerate(want):
+            assert rows[cid, t, : len(b)].tolist() == (b + offsets[cid]).tolist()
+            assert (rows[cid, t, len(b) :] == offsets[cid]).all()  # padding reads the client's own first row
+
+
+def test_sample_mean_probe_tells_cross_entropy_from_fedlds_batch_margin():
+    assert is_sample_mean(F.cross_entropy, 10)
+    assert is_sample_mean(FedLD(margin_norm="sample").objective, 10)
+    assert not is_sample_mean(FedLD(margin_norm="batch").objective, 10)
+
+
+def test_divergence_names_the_round_and_client_serial_names():
+    overrides = ("train.lr=1e30", "train.fraction=1.0")
+    errors = []
+    for backend in ("serial", "vectorized"):
+        with pytest.raises(TrainingDiverged) as info:
+            Simulation(config(*overrides, f"engine.backend={backend}")).run()
+        errors.append((info.value.round, info.value.client_id))
+    assert errors[0] == errors[1]
+
+
+def batchnorm_task() -> Task:
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    model_fn = lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    schedule = LocalSchedule(epochs=1, steps=0, batch_size=4)
+    return Task(0, model_fn, strategy_class("fedavg")(), data, schedule, torch.device("cpu"))
+
+
+def test_unvectorizable_model_is_one_config_error_naming_the_layer():
+    with pytest.raises(ConfigError) as info:
+        VectorizedBackend(batchnorm_task())
+    message = str(info.value)
+    assert "layer '2' (BatchNorm1d)" in message and "engine.backend=serial" in message
+    assert "\n" not in message
+
+
+def test_memory_tracking_is_refused_and_auto_meters_on_serial():
+    with pytest.raises(ConfigError, match="track_memory.*use engine.backend=serial"):
+        Simulation(config("client.track_memory=true", "engine.backend=vectorized")).run()
+    sim = Simulation(config("client.track_memory=true", "engine.backend=auto"))
+    assert isinstance(auto_backend(sim.task), SerialBackend)
+
+
+def test_auto_takes_vectorized_for_small_models_and_serial_otherwise():
+    small = Simulation(config("engine.backend=auto"))
+    assert isinstance(make_backend("auto", small.task), VectorizedBackend)
+    wide = Simulation(config("engine.backend=auto", "model.hidden=[4096,4096]"))
+    assert isinstance(auto_backend(wide.task), SerialBackend)
+    assert isinstance(auto_backend(batchnorm_task()), SerialBackend)
+
+
+def test_max_clients_per_batch_must_not_be_negative():
+    with pytest.raises(ConfigError, match="engine.max_clients_per_batch"):
+        validate(config("engine.max_clients_per_batch=-1"))
