@@ -77,43 +77,40 @@ class BasicBlock(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
-def resnet18_gn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """ResNet-18 for 32x32-style images: 3x3 stem, four stages of two basic blocks."""
+def resnet_gn(
+    input_shape: tuple[int, ...], num_classes: int, stages: list[tuple[int, int, int]], name: str
+) -> nn.Module:
+    """A GroupNorm ResNet: a 3x3 stem as wide as the first stage, then `stages` of
+    (width, basic blocks, stride of the first block), global pooling and a linear head."""
     if len(input_shape) != 3:
-        raise ConfigError(f"model 'resnet18_gn' needs image inputs (C, H, W), got {input_shape}")
+        raise ConfigError(f"model '{name}' needs image inputs (C, H, W), got {input_shape}")
+    cin = stages[0][0]
     layers: list[nn.Module] = [
-        nn.Conv2d(input_shape[0], 64, 3, 1, 1, bias=False),
-        nn.GroupNorm(2, 64),
+        nn.Conv2d(input_shape[0], cin, 3, 1, 1, bias=False),
+        nn.GroupNorm(2, cin),
         nn.ReLU(),
     ]
-    cin = 64
-    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-        layers += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
-        cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+    for cout, blocks, stride in stages:
+        for i in range(blocks):
+            layers.append(BasicBlock(cin, cout, stride if i == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)]
     return nn.Sequential(*layers)
+
+
+def resnet18_gn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """ResNet-18 for 32x32-style images (as FL-Simulator uses): four stages of two blocks."""
+    stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
+    return resnet_gn(input_shape, num_classes, stages, "resnet18_gn")
 
 
 def cifar_resnet(
     input_shape: tuple[int, ...], num_classes: int, blocks_per_stage: int, name: str
 ) -> nn.Module:
-    """The CIFAR ResNet-(6n+2) of He et al. (2016): a 3x3 stem, then three stages of n basic blocks
-    with widths 16, 32, 64 (stride 2 into stages 2 and 3), global pooling and a linear head.
-    GroupNorm instead of BatchNorm, and 1x1-conv shortcuts, as in `resnet18_gn`."""
-    if len(input_shape) != 3:
-        raise ConfigError(f"model '{name}' needs image inputs (C, H, W), got {input_shape}")
-    layers: list[nn.Module] = [
-        nn.Conv2d(input_shape[0], 16, 3, 1, 1, bias=False),
-        nn.GroupNorm(2, 16),
-        nn.ReLU(),
-    ]
-    cin = 16
-    for cout, stride in [(16, 1), (32, 2), (64, 2)]:
-        for i in range(blocks_per_stage):
-            layers.append(BasicBlock(cin, cout, stride if i == 0 else 1))
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
-    return nn.Sequential(*layers)
+    """The CIFAR ResNet-(6n+2) of He et al. (2016): three stages of n basic blocks with widths
+    16, 32, 64 (stride 2 into stages 2 and 3); GroupNorm and 1x1-conv shortcuts."""
+    stages = [(16, blocks_per_stage, 1), (32, blocks_per_stage, 2), (64, blocks_per_stage, 2)]
+    return resnet_gn(input_shape, num_classes, stages, name)
 
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
