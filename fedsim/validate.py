@@ -46,7 +46,10 @@ def validate(config: Config) -> None:
     _require(t.eval_batch_size >= 1, "train.eval_batch_size must be >= 1")
     _require(t.checkpoint_every >= 0, f"train.checkpoint_every must be >= 0, got {t.checkpoint_every}")
     _require(e.backend in BACKENDS, f"unknown backend '{e.backend}'; choose one of: {', '.join(BACKENDS)}")
-    _require(e.max_clients_per_batch >= 0, f"engine.max_clients_per_batch must be >= 0 (0 = automatic), got {e.max_clients_per_batch}")
+    _require(
+        e.max_clients_per_batch >= 0,
+        f"engine.max_clients_per_batch must be >= 0 (0 = automatic), got {e.max_clients_per_batch}",
+    )
     validate_ray(config)
     resolve_device(e.device)
     validate_local_learning(config)
