@@ -12,8 +12,10 @@ Params = dict[str, torch.Tensor]
 
 
 def add(a: Params, b: Params, scale: float | torch.Tensor = 1.0) -> Params:
-    """a + scale * b."""
-    return {k: a[k] + scale * b[k] for k in a}
+    """a + scale * b; one fused pass (`torch.add(alpha=)`, as torch.optim.SGD steps) for a number scale."""
+    if isinstance(scale, torch.Tensor):
+        return {k: a[k] + scale * b[k] for k in a}
+    return {k: torch.add(a[k], b[k], alpha=scale) for k in a}
 
 
 def sub(a: Params, b: Params) -> Params:

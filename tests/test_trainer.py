@@ -90,3 +90,9 @@ def test_train_client_equals_a_hand_written_sgd_loop():
     assert result.num_steps == 6 and result.num_samples == 10
     for name, p in ref.named_parameters():
         torch.testing.assert_close(params[name] - result.upload["delta"][name], p.detach())
+
+
+def test_tree_add_with_a_number_or_a_tensor_scale_is_a_plus_scale_b():
+    a, b = {"w": torch.randn(5, 3)}, {"w": torch.randn(5, 3)}
+    for scale in (-0.05, torch.tensor(-0.05)):
+        assert torch.allclose(tree.add(a, b, scale)["w"], a["w"] - 0.05 * b["w"], atol=1e-7)
