@@ -10,9 +10,10 @@ differs: each local step is taken by all clients of the chunk in one vmapped cal
   finished client's parameters are set aside and stop changing. A tick of at most
   `EAGER_MAX_CLIENTS` clients runs them one by one (autograd), cheaper than a vmapped call.
 - **Batches.** Each client's batch order comes from its own `seeding.torch_generator(seed,
-  "shuffle", round, client)`, drawn as `batch_indices` draws it. The round's batches are
-  computed up front as row numbers into one device-resident tensor of all clients' data, so a
-  tick gathers its inputs with one indexing op and no per-client Python.
+  "shuffle", round, client)` (a chunk's seeds derived in one call), drawn as `batch_indices`
+  draws it. The round's batches are computed up front as row numbers into one device-resident
+  tensor of all clients' data, so a tick gathers its inputs with one indexing op and no
+  per-client Python.
 - **Short batches.** A tick whose batches all have one length runs the objective unchanged.
   When lengths differ (a short last batch of an epoch, clients smaller than the batch size):
   an objective that is a mean over samples (cross-entropy; `is_sample_mean` probes it once)
@@ -20,8 +21,8 @@ differs: each local step is taken by all clients of the chunk in one vmapped cal
   rows (`sample_mean`). Any other objective (FedLD's batch-level margin) runs once per batch
   length, on exact-size batches of the clients whose batch has that length: exact for every
   objective, slower when many lengths meet at one tick.
-- **Client end.** `LocalSummary` holds plain integers, so `client_end` is vmapped over runs of
-  clients with equal (steps, samples); clients of short runs call it one by one.
+- **Client end.** One vmapped `client_end` for the chunk, its `LocalSummary` counts being
+  per-client tensors; a `client_end` that needs Python ints runs per group of equal counts.
 
 Limits: in a padded tick a strategy's `local_step` sees the padded batch (targets `PAD` on the
 padded rows), so it must hand the batch to `grad_fn` rather than compute with it; targets are
@@ -191,6 +192,7 @@ class ChunkTrainer:
         self.vmap_grad_fn = functional_grad_fn(model, strategy.objective)
         with torch.no_grad():
             num_classes = model(self.x[:1]).shape[-1]
+        self.tensor_summaries = True  # until a client_end needs Python ints (see `_client_end`)
         self.padded_grad_fn = None
         if is_sample_mean(strategy.objective, num_classes):
             self.padded_grad_fn = functional_grad_fn(
@@ -215,7 +217,7 @@ class ChunkTrainer:
         order = np.lexsort((-sizes, -steps))  # most steps first; equal (steps, samples) adjacent
         ids = [client_ids[i] for i in order]
         sizes, steps = sizes[order], steps[order]
-        generators = [seeding.torch_generator(seed, "shuffle", round_, cid) for cid in ids]
+        generators = seeding.torch_generators(seed, "shuffle", round_, last=ids)
         rows, lengths = plan_batches(sizes, steps, self.offsets[ids], generators, self.schedule.batch_size)
         rows = torch.from_numpy(rows).to(self.device)
         client_state = stack([client_states[i] for i in order])
@@ -247,8 +249,9 @@ class ChunkTrainer:
         for position in np.argsort(order, kind="stable"):  # in the caller's order, as serial checks
             if not math.isfinite(losses[position]):
                 raise TrainingDiverged(round_, ids[position], losses[position])
-        summaries = [LocalSummary(int(k), int(n), lr) for k, n in zip(steps, sizes)]
-        uploads, new_states = self._client_end(*finished, client_state, summaries, global_params, broadcast)
+        uploads, new_states = self._client_end(
+            *finished, client_state, steps, sizes, lr, global_params, broadcast
+        )
         return ChunkResult(ids, uploads, new_states, sizes.tolist(), steps.tolist(), losses)
 
     def _local_step(self, global_params: Params, broadcast: State, lr: float, first: bool):
@@ -309,30 +312,40 @@ class ChunkTrainer:
         map_tensors(lambda f, t: f[start:stop].copy_(t[start:stop]), finished, state)
         return finished
 
-    def _client_end(self, params, carry, client_state, summaries, global_params, broadcast):
-        """Stacked (uploads, new client states) from `client_end` on each run of equal summaries.
+    def _client_end(self, params, carry, client_state, steps, sizes, lr, global_params, broadcast):
+        """Stacked (uploads, new client states) from every client's `client_end`.
 
-        A run of at least `VMAP_MIN_CLIENTS` clients is one vmapped call; the clients of shorter
-        runs call `client_end` one by one, which is cheaper than a vmap call for a few clients.
+        One vmapped call, the summary's counts being per-client 0-d int64 tensors, serves every
+        `client_end` that computes with them. One that needs Python ints (a branch, `int()`,
+        `range`) fails under vmap; it is then called per run of equal (steps, samples), from then
+        on: a run of at least `VMAP_MIN_CLIENTS` clients is one vmapped call, the clients of
+        shorter runs call it one by one, cheaper than a vmap call for a few clients.
         """
 
-        def end(summary: LocalSummary, p, c, s):
+        def end(p, c, s, num_steps, num_samples):
             return self.strategy.client_end(
-                p, c, LocalContext(global_params, broadcast, s, summary.lr), summary
+                p, c, LocalContext(global_params, broadcast, s, lr), LocalSummary(num_steps, num_samples, lr)
             )
 
         stacked = (params, carry, client_state)
-        clients = unstack(stacked, len(summaries))
+        if self.tensor_summaries:
+            counts = torch.from_numpy(np.stack([steps, sizes])).to(self.device)
+            try:
+                return vmap(end)(*stacked, counts[0], counts[1])
+            except (RuntimeError, TypeError):
+                self.tensor_summaries = False
+        clients = unstack(stacked, len(steps))
         parts, singles, start = [], [], 0
-        for summary, run in itertools.groupby(summaries):
+        for (num_steps, num_samples), run in itertools.groupby(zip(steps.tolist(), sizes.tolist())):
             stop = start + len(list(run))
+            summary = partial(end, num_steps=num_steps, num_samples=num_samples)
             if stop - start >= VMAP_MIN_CLIENTS:
                 if singles:
                     parts.append(stack(singles))
                     singles = []
-                parts.append(vmap(partial(end, summary))(*take(stacked, slice(start, stop))))
+                parts.append(vmap(summary)(*take(stacked, slice(start, stop))))
             else:
-                singles += [end(summary, *clients[i]) for i in range(start, stop)]
+                singles += [summary(*clients[i]) for i in range(start, stop)]
             start = stop
         if singles:
             parts.append(stack(singles))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
@@ -11,16 +14,18 @@ from torch import nn
 from clients.semi_supervised import SemiSupervisedStrategy
 from clients.trainer import LocalSchedule, batch_indices
 from clients.vectorized import is_sample_mean, plan_batches
+from fedsim import tree
 from fedsim.backends import make_backend
 from fedsim.backends.base import Task
 from fedsim.backends.serial import SerialBackend
-from fedsim.backends.vectorized import VectorizedBackend, auto_backend
+from fedsim.backends.vectorized import VectorizedBackend, auto_backend, keep_freed_memory
 from fedsim.config import load_config
 from fedsim.engine import Simulation
 from fedsim.errors import ConfigError, TrainingDiverged
 from fedsim.plugins import available_strategies, strategy_class
 from fedsim.seeding import torch_generator
 from fedsim.validate import validate
+from strategies.fedavg import FedAvg
 from strategies.fedld import FedLD
 from tests.conftest import QUICKSTART
 
@@ -92,6 +97,29 @@ def test_rerun_is_bit_identical():
     a = final_params("strategy.name=scaffold", "engine.backend=vectorized")
     b = final_params("strategy.name=scaffold", "engine.backend=vectorized")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@dataclass
+class StepBranchingFedAvg(FedAvg):
+    """FedAvg whose upload depends on a Python branch on the step count: needs int summaries."""
+
+    def client_end(self, params, carry, ctx, summary):
+        upload, state = super().client_end(params, carry, ctx, summary)
+        factor = 2.0 if summary.num_steps > 3 else 1.0
+        return {"delta": tree.scale(upload["delta"], factor)}, state
+
+
+def test_client_end_is_one_vmapped_call_or_runs_per_group_of_equal_counts():
+    name = "strategy.name=tests.test_vectorized:StepBranchingFedAvg"
+    assert_close_relative(final_params(name, "engine.backend=vectorized"), final_params(name))
+    sim = Simulation(config(name))
+    backend = VectorizedBackend(sim.task)
+    run_rounds(sim, backend, rounds=1)
+    assert not backend.trainer.tensor_summaries  # the branch failed under vmap once: groups from then on
+    sim = Simulation(config("strategy.name=scaffold"))  # divides by the step count: tensors serve
+    backend = VectorizedBackend(sim.task)
+    run_rounds(sim, backend, rounds=1)
+    assert backend.trainer.tensor_summaries
 
 
 def test_chunks_give_the_result_of_one_chunk():
@@ -170,3 +198,7 @@ def test_auto_takes_vectorized_for_small_models_and_serial_otherwise():
 def test_max_clients_per_batch_must_not_be_negative():
     with pytest.raises(ConfigError, match="engine.max_clients_per_batch"):
         validate(config("engine.max_clients_per_batch=-1"))
+
+
+def test_freed_memory_is_kept_for_reuse_where_malloc_is_glibcs():
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
