@@ -19,6 +19,8 @@ bound is an estimate, not yet measured.
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from torch import nn
 from torch.func import vmap
@@ -37,7 +39,11 @@ GPU_MEMORY_SHARE = 0.5  # share of the GPU's free memory a chunk may take
 PARAM_COPIES = 12  # parameter-sized tensors per client: params, grads, direction, velocity, carry, state...
 ACTIVATION_COPIES = 3  # an activation, its gradient, and a temporary
 AUTO_MAX_STEP_FLOPS = {"cpu": 1e7, "cuda": 1e10}
-REDUCE_BLOCK = 64  # clients per float64 contraction when reducing a chunk's uploads
+REDUCE_BLOCK = 256  # clients per float64 contraction when reducing a chunk's uploads
+# glibc mallopt parameters and the values `keep_freed_memory` sets
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_TRIM_BYTES = 512 << 20  # freed heap memory kept for reuse, up to this much
+HEAP_MMAP_BYTES = 32 << 20  # blocks below this come from the heap (glibc's largest mmap threshold)
 
 
 class VectorizedBackend(Backend):
@@ -62,6 +68,8 @@ class VectorizedBackend(Backend):
             raise ConfigError(
                 f"the vectorized backend cannot train this model: {problem}; use engine.backend=serial"
             )
+        if task.device.type == "cpu":
+            keep_freed_memory()
         self.trainer = ChunkTrainer(model, task.strategy, task.client_data, task.schedule, task.device)
         self.chunk_size = max_clients_per_batch or auto_chunk_size(
             model, x[:1], task.schedule.batch_size, task.device
@@ -145,6 +153,22 @@ def add_stacked(total: WeightedSum, uploads: State, weights: list[dict[str, floa
     total.count += len(weights)
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed chunk-sized blocks for reuse; False where there is no glibc.
+
+    A vmapped step allocates and frees tensors the size of a whole chunk (megabytes) many times
+    a round. With glibc's defaults most of them are fresh mmaps, or heap memory trimmed back to
+    the OS, whose pages fault in again on first touch: about a fifth of a digits round on the
+    CPU. Process-wide: the process keeps up to `HEAP_TRIM_BYTES` of freed memory.
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mmap_set = mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_BYTES)
+    return bool(mmap_set and mallopt(M_TRIM_THRESHOLD, HEAP_TRIM_BYTES))
+
+
 def vectorization_problem(model: nn.Module, grad_fn: GradFn, x: torch.Tensor, y: torch.Tensor) -> str | None:
     """None when a vmapped gradient of `model` on two clients' copies of (x, y) works, else what fails.
 
@@ -217,8 +241,9 @@ def activation_numel(model: nn.Module, x: torch.Tensor) -> int:
 def auto_chunk_size(model: nn.Module, sample: torch.Tensor, batch_size: int, device: torch.device) -> int:
     """Clients per chunk that fit the memory budget: `CPU_MEMORY_BUDGET`, or half the free GPU memory.
 
-    The CPU budget is small on purpose: on one core, 1000 digits-MLP clients trained as fast in
-    chunks of 225 (the budget's size) as in one chunk of 1000, in under a quarter of the memory.
+    The CPU budget is small on purpose: on 2 cores, 1000 digits-MLP clients trained in chunks of
+    225 (the budget's size) at 61 ms a round against 53 ms in one chunk of 1000, with a peak
+    memory 120 MB lower (608 against 727 MB for the whole process).
 
     A client takes `PARAM_COPIES` parameter-sized tensors and, per sample of its batch, its input
     plus `ACTIVATION_COPIES` times the activations of one sample (`sample` is one input, batch 1).
