@@ -4,7 +4,8 @@
     python -m benchmarks.speed --workloads digits100 --runners vectorized,plain
     python -m benchmarks.speed --quick                           # 3 rounds each: a smoke test
 
-Runners: a fedsim backend by name (`vectorized`, `serial`, `ray` once registered), `plain`
+Runners: fedsim's backends (`vectorized`, `serial`, `ray`: one actor per CPU training client by
+client, `ray_vectorized`: the same pool with `engine.worker_backend = "vectorized"`), `plain`
 (the reference: a sequential FedAvg loop in plain PyTorch, `load_state_dict` + `torch.optim.SGD`
 per client) and `flower` (Flower's simulation engine: FedAvg ServerApp + ClientApp, one CPU per
 actor, partitions cached per actor, central `evaluate_fn`). All runners train the same clients
@@ -49,7 +50,13 @@ from pathlib import Path
 
 START = time.perf_counter()
 ROOT = Path(__file__).resolve().parents[1]
-RUNNERS = ("vectorized", "serial", "ray", "plain", "flower")
+FEDSIM_RUNNERS = {  # runner -> its [engine] settings
+    "vectorized": ("engine.backend=vectorized",),
+    "serial": ("engine.backend=serial",),
+    "ray": ("engine.backend=ray",),
+    "ray_vectorized": ("engine.backend=ray", "engine.worker_backend=vectorized"),
+}
+RUNNERS = (*FEDSIM_RUNNERS, "plain", "flower")
 QUICK_ROUNDS = 3
 WORKER_TIMEOUT_S = 3600
 
@@ -80,7 +87,7 @@ WORKLOADS = {
         "digits, MLP 64-128-10, 10 clients, all per round", 10, (*DIGITS_MLP, "data.num_clients=10")
     ),
     "digits100": Workload(
-        "digits, MLP 64-128-10, 100 clients, all per round", 5, (*DIGITS_MLP, "data.num_clients=100")
+        "digits, MLP 64-128-10, 100 clients, all per round", 20, (*DIGITS_MLP, "data.num_clients=100")
     ),
     "digits1000": Workload(
         "digits, MLP 64-128-10, 1000 clients (1-3 samples each), all per round",
@@ -110,7 +117,7 @@ WORKLOADS = {
 # --------------------------------------------------------------------------- shared pieces
 
 
-def build_simulation(workload: Workload, rounds: int, device: str, backend: str = "serial", callbacks=()):
+def build_simulation(workload: Workload, rounds: int, device: str, runner: str = "serial", callbacks=()):
     """The fedsim Simulation of a workload: every runner takes its data, partition and model from it."""
     from fedsim.config import load_config
     from fedsim.engine import Simulation
@@ -119,7 +126,7 @@ def build_simulation(workload: Workload, rounds: int, device: str, backend: str 
         *workload.settings,
         f"train.rounds={rounds}",
         f"engine.device={device}",
-        f"engine.backend={backend}",
+        *FEDSIM_RUNNERS[runner],
     ]
     return Simulation(load_config(None, settings), list(callbacks))
 
@@ -170,8 +177,8 @@ def accuracy(model, x, y) -> float:
 # --------------------------------------------------------------------------- runners (in a worker process)
 
 
-def run_fedsim(workload: Workload, rounds: int, device: str, backend: str) -> dict:
-    """fedsim's own round loop on `backend`; rounds are timed by a callback at each evaluation."""
+def run_fedsim(workload: Workload, rounds: int, device: str, runner: str) -> dict:
+    """fedsim's own round loop as `runner` (a FEDSIM_RUNNERS key); a callback times each round."""
     from fedsim.engine import Callback
 
     class Clock(Callback):
@@ -188,7 +195,7 @@ def run_fedsim(workload: Workload, rounds: int, device: str, backend: str) -> di
                 self.peak_mb = peak_rss_mb()  # before the backend closes its workers
 
     clock = Clock()
-    sim = build_simulation(workload, rounds, device, backend, [clock])
+    sim = build_simulation(workload, rounds, device, runner, [clock])
     summary = sim.run()
     cohort = len(sim.sample_clients(1))
     return result(clock.ticks, summary["final_accuracy"], clock.peak_mb, cohort)
@@ -470,16 +477,10 @@ def main(argv: list[str] | None = None) -> None:
         args.result.write_text(json.dumps(worker(args.worker, args.workloads, args.rounds, args.device)))
         return
 
-    from fedsim.backends import BACKENDS
-
-    workloads, runners = args.workloads.split(","), []
-    for runner in args.runners.split(","):
-        if runner in ("plain", "flower") or runner in BACKENDS:
-            runners.append(runner)
-        elif runner in RUNNERS:
-            print(f"skipping runner '{runner}': not a registered fedsim backend", file=sys.stderr)
-        else:
-            parser.error(f"unknown runner '{runner}': choose from plain, flower, {', '.join(BACKENDS)}")
+    workloads, runners = args.workloads.split(","), args.runners.split(",")
+    for runner in runners:
+        if runner not in RUNNERS:
+            parser.error(f"unknown runner '{runner}': choose from {', '.join(RUNNERS)}")
     for name in workloads:
         if name not in WORKLOADS:
             parser.error(f"unknown workload '{name}': choose from {', '.join(WORKLOADS)}")

@@ -103,6 +103,7 @@ class EngineConfig:
     gpus_per_worker: float = 0.0  # ray: GPUs each actor reserves; fractions share a GPU (e.g. 0.25)
     ray_address: str = ""  # ray: join this cluster (host:port of `ray start --head`); "" = a local instance
     max_retries: int = 2  # ray: times per round a dead actor is replaced and its share retried
+    worker_backend: str = "serial"  # ray: how each actor trains its share: serial | vectorized | auto
 
 
 @dataclass

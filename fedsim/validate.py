@@ -7,7 +7,7 @@ import importlib.util
 import torch
 
 from clients.local_learning import AUX_MODES, METHODS
-from fedsim.backends import BACKENDS
+from fedsim.backends import BACKENDS, WORKER_BACKENDS
 from fedsim.config import Config
 from fedsim.errors import ConfigError
 from fedsim.models import MODELS
@@ -65,6 +65,10 @@ def validate_ray(config: Config) -> None:
         f"engine.gpus_per_worker must be a fraction in [0, 1] or a whole number, got {e.gpus_per_worker}",
     )
     _require(e.max_retries >= 0, f"engine.max_retries must be >= 0, got {e.max_retries}")
+    _require(
+        e.worker_backend in WORKER_BACKENDS,
+        f"engine.worker_backend must be one of {', '.join(WORKER_BACKENDS)}, got '{e.worker_backend}'",
+    )
     if e.backend != "ray":
         return
     _require(importlib.util.find_spec("ray"), "engine.backend=ray needs Ray: pip install 'fedsim[ray]'")
@@ -96,9 +100,14 @@ def validate_local_learning(config: Config) -> None:
         all(r + c > 0 for r, c in zip(ll.recon_weight, ll.ce_weight)),
         f"{key}: recon_weight + ce_weight must be > 0 at both ends, or a block gets no gradient",
     )
+    e = config.engine
     _require(
-        ll.method == "none" or config.engine.backend != "vectorized",
+        ll.method == "none" or e.backend != "vectorized",
         f"{key} runs on the serial, ray and flower backends, not vectorized; set engine.backend=serial",
+    )
+    _require(
+        ll.method == "none" or e.backend != "ray" or e.worker_backend == "serial",
+        f"{key} trains on Ray workers one client at a time; set engine.worker_backend=serial",
     )
 
 

@@ -106,11 +106,19 @@ def test_pool_is_sized_from_resources_or_refused():
         ("engine.gpus_per_worker=1.5", "engine.gpus_per_worker must be a fraction"),
         ("engine.max_retries=-1", "engine.max_retries must be >= 0"),
         ("engine.gpus_per_worker=0.5", "needs engine.device=cuda"),
+        ("engine.worker_backend=flower", "engine.worker_backend must be one of serial, vectorized, auto"),
     ],
 )
 def test_bad_ray_settings_are_one_line(override, message):
     with pytest.raises(ConfigError, match=message) as err:
         Simulation(small_config("engine.backend=ray", override))
+    assert "\n" not in str(err.value)
+
+
+def test_local_learning_on_vectorized_ray_workers_is_one_line():
+    overrides = ("engine.backend=ray", "engine.worker_backend=vectorized", "client.local_learning.method=dgl")
+    with pytest.raises(ConfigError, match="set engine.worker_backend=serial") as err:
+        Simulation(small_config(*overrides))
     assert "\n" not in str(err.value)
 
 
@@ -122,6 +130,24 @@ def test_any_pool_size_matches_serial_bit_for_bit(cluster, config):
     reference = serial(config)
     for workers, cpus in POOLS:
         assert_same_run(run(config + on_ray(cluster, workers, cpus)), reference)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "scaffold"])
+def test_vectorized_workers_match_serial_up_to_float_rounding(cluster, strategy):
+    """Each actor trains its share in vmapped chunks: serial's result up to float rounding."""
+    config = PARTIAL + (f"strategy.name={strategy}",)
+    reference = serial(config)
+    sim = run(config + on_ray(cluster, "2", "1", "engine.worker_backend=vectorized"))
+    for name, want in reference.params.items():
+        assert float((sim.params[name] - want).norm() / want.norm()) <= 1e-5, name
+    assert sim.client_states.client_ids() == reference.client_states.client_ids()
+
+
+def test_vectorized_workers_refuse_what_the_vectorized_backend_refuses_in_one_line(cluster):
+    overrides = ("strategy.name=fedlabel", "data.label_ratio=0.5", *on_ray(cluster, "1", "1"))
+    with pytest.raises(ConfigError, match="semi-supervised.*use engine.worker_backend=serial") as err:
+        run((*QUICKSTART_SHORT, *overrides, "engine.worker_backend=vectorized"))
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("strategy", ["scaffold", "fedld"])

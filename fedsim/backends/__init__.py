@@ -14,6 +14,8 @@ BACKENDS: dict[str, str] = {
     "ray": "a persistent pool of Ray actors on this machine or a cluster (docs/ray.md)",
 }
 
+WORKER_BACKENDS = ("serial", "vectorized", "auto")  # how a Ray actor trains its share (engine.worker_backend)
+
 
 def make_backend(name: str, task: Task, engine: EngineConfig | None = None) -> Backend:
     """The backend `name`, with the options of the `[engine]` table (defaults when None)."""

@@ -28,6 +28,7 @@ from fedsim import tree
 from fedsim.aggregate import WeightedSum
 from fedsim.backends.base import Backend, RoundOutput, RoundPlan, Task
 from fedsim.backends.serial import train_cohort
+from fedsim.backends.vectorized import train_cohort_vectorized, vectorizable_model
 from fedsim.config import EngineConfig
 from fedsim.errors import ConfigError, FedsimError, TrainingDiverged
 from fedsim.strategy import State
@@ -133,11 +134,27 @@ class ResidentData:
 
 
 class PoolWorker:
-    """A Ray actor: the model built once, all clients' data held, a share of each round trained."""
+    """A Ray actor: the model built once, all clients' data held, a share of each round trained.
 
-    def __init__(self, task: Task, data: list, unlabelled: list, num_threads: int) -> None:
+    `engine.worker_backend` says how: "serial" trains the share client by client; "vectorized"
+    builds a `VectorizedBackend` over all clients' data and trains the share in vmapped chunks;
+    "auto" lets `auto_backend` choose between the two.
+    """
+
+    def __init__(
+        self, task: Task, data: list, unlabelled: list, num_threads: int, engine: EngineConfig
+    ) -> None:
         torch.set_num_threads(num_threads)
         self.task = task
+        self.vectorized = None
+        if engine.worker_backend != "serial":
+            from fedsim.backends import make_backend
+            from fedsim.backends.vectorized import VectorizedBackend
+
+            cpu_data = ResidentData(data, torch.device("cpu"))  # the backend moves them to the device at once
+            with_data = replace(task, client_data=[cpu_data[c] for c in range(len(data))])
+            backend = make_backend(engine.worker_backend, with_data, engine)
+            self.vectorized = backend if isinstance(backend, VectorizedBackend) else None
         self.model = task.model_fn().to(task.device)
         self.grad_fn = task.grad_fn(self.model)
         self.data = ResidentData(data, task.device)
@@ -150,9 +167,15 @@ class PoolWorker:
     def train(self, plan: RoundPlan, client_ids: list[int], client_states: dict[int, State]) -> RoundOutput:
         """Train this worker's share of the round; every tensor comes back on the CPU."""
         plan = replace(plan, client_states=client_states)
-        output = train_cohort(
-            self.task, self.grad_fn, self.data, plan, client_ids, model=self.model, unlabelled=self.unlabelled
-        )
+        vectorized = self.vectorized
+        if vectorized is not None:
+            output = train_cohort_vectorized(
+                vectorized.task, vectorized.trainer, plan, client_ids, vectorized.chunk_size
+            )
+        else:
+            output = train_cohort(
+                self.task, self.grad_fn, self.data, plan, client_ids, model=self.model, unlabelled=self.unlabelled
+            )
         output.total.sums = _cpu(output.total.sums)
         if output.uploads is not None:
             output.uploads = [_cpu(u) for u in output.uploads]
@@ -197,6 +220,8 @@ class RayBackend(Backend):
         else:
             cpus, gpus, where = len(os.sched_getaffinity(0)), torch.cuda.device_count(), "machine"
         size = pool_size(engine, cpus, gpus, where)
+        if engine.worker_backend == "vectorized":
+            check_vectorizable(task)
         if not ray.is_initialized():
             self._start_local(size)
         device = torch.device("cuda") if task.device.type == "cuda" else task.device  # Ray picks the GPU
@@ -205,6 +230,7 @@ class RayBackend(Backend):
             ray.put([(x.numpy(), y.numpy()) for x, y in task.client_data]),  # once, read zero-copy
             ray.put([u.numpy() for u in task.unlabelled_data]),
             max(1, int(engine.cpus_per_worker)),  # torch threads
+            engine,
         )
         self.actor_class = ray.remote(PoolWorker).options(
             num_cpus=engine.cpus_per_worker, num_gpus=engine.gpus_per_worker, scheduling_strategy="SPREAD"
@@ -322,6 +348,15 @@ class RayBackend(Backend):
         if self.owns_session:
             ray.shutdown()
             self.owns_session = False
+
+
+def check_vectorizable(task: Task) -> None:
+    """The vectorized backend's refusals, made once in the driver rather than in every actor."""
+    try:
+        vectorizable_model(task)
+    except ConfigError as err:
+        message = str(err).replace("engine.backend=serial", "engine.worker_backend=serial")
+        raise ConfigError(message) from None
 
 
 def _cluster_totals() -> tuple[float, float]:

@@ -51,23 +51,7 @@ class VectorizedBackend(Backend):
 
     def __init__(self, task: Task, max_clients_per_batch: int = 0) -> None:
         super().__init__(task)
-        if isinstance(task.strategy, SemiSupervisedStrategy):
-            raise ConfigError(
-                f"strategy '{task.strategy.name}' is semi-supervised; the vectorized backend cannot run it; "
-                "use engine.backend=serial"
-            )
-        if task.track_memory:
-            raise ConfigError(
-                "client.track_memory meters one client at a time, which the vectorized backend does not train; "
-                "use engine.backend=serial"
-            )
-        model = task.model_fn().to(task.device)
-        x, y = probe_batch(task)
-        problem = vectorization_problem(model, task.grad_fn(model, functional=True), x, y)
-        if problem is not None:
-            raise ConfigError(
-                f"the vectorized backend cannot train this model: {problem}; use engine.backend=serial"
-            )
+        model, x, _ = vectorizable_model(task)
         if task.device.type == "cpu":
             keep_freed_memory()
         self.trainer = ChunkTrainer(model, task.strategy, task.client_data, task.schedule, task.device)
@@ -77,6 +61,28 @@ class VectorizedBackend(Backend):
 
     def run_round(self, plan: RoundPlan) -> RoundOutput:
         return train_cohort_vectorized(self.task, self.trainer, plan, plan.client_ids, self.chunk_size)
+
+
+def vectorizable_model(task: Task) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The task's model and a probe batch on the device, or a ConfigError saying why the task cannot vectorize."""
+    if isinstance(task.strategy, SemiSupervisedStrategy):
+        raise ConfigError(
+            f"strategy '{task.strategy.name}' is semi-supervised; the vectorized backend cannot run it; "
+            "use engine.backend=serial"
+        )
+    if task.track_memory:
+        raise ConfigError(
+            "client.track_memory meters one client at a time, which the vectorized backend does not train; "
+            "use engine.backend=serial"
+        )
+    model = task.model_fn().to(task.device)
+    x, y = probe_batch(task)
+    problem = vectorization_problem(model, task.grad_fn(model, functional=True), x, y)
+    if problem is not None:
+        raise ConfigError(
+            f"the vectorized backend cannot train this model: {problem}; use engine.backend=serial"
+        )
+    return model, x, y
 
 
 def train_cohort_vectorized(
@@ -262,14 +268,13 @@ def auto_backend(task: Task, max_clients_per_batch: int = 0) -> Backend:
     """`engine.backend = "auto"`: the vectorized backend where the module docstring's rule allows, else serial."""
     from fedsim.backends.serial import SerialBackend
 
-    if len(task.client_data) > 1 and not (
-        isinstance(task.strategy, SemiSupervisedStrategy) or task.track_memory
-    ):
-        model = task.model_fn().to(task.device)
-        x, y = probe_batch(task)
+    if len(task.client_data) > 1:
+        try:
+            model, x, _ = vectorizable_model(task)
+        except ConfigError:
+            return SerialBackend(task)
         step_flops = 3 * forward_flops(model, x) / len(x) * task.schedule.batch_size
-        small = step_flops <= AUTO_MAX_STEP_FLOPS[task.device.type]
-        if small and vectorization_problem(model, task.grad_fn(model, functional=True), x, y) is None:
+        if step_flops <= AUTO_MAX_STEP_FLOPS[task.device.type]:
             return VectorizedBackend(task, max_clients_per_batch)
     return SerialBackend(task)
 
