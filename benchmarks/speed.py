@@ -1,8 +1,9 @@
 """Speed benchmark: fedsim's backends side by side with a plain PyTorch loop and Flower 1.42.
 
-    python -m benchmarks.speed                                   # every workload and runner
+    python -m benchmarks.speed                                   # every runner, the CPU workloads
     python -m benchmarks.speed --workloads digits100 --runners vectorized,plain
     python -m benchmarks.speed --quick                           # 3 rounds each: a smoke test
+    python -m benchmarks.speed --workloads cifar10_pfl --device cuda --runners vectorized,serial,flower
 
 Runners: fedsim's backends (`vectorized`, `serial`, `ray`: one actor per CPU training client by
 client, `ray_vectorized`: the same pool with `engine.worker_backend = "vectorized"`), `plain`
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +65,47 @@ WORKER_TIMEOUT_S = 3600
 
 @dataclass(frozen=True)
 class Workload:
-    """An FL task every runner trains: fedsim config settings plus a round count."""
+    """An FL task every runner trains: fedsim config settings plus a round count.
+
+    `prepare` (if any) makes the workload's data before its runners start; a workload that is
+    not `default` runs only when named (`--workloads`).
+    """
 
     description: str
     rounds: int
     settings: tuple[str, ...]
+    prepare: Callable[[], None] | None = None
+    default: bool = True
+
+
+CIFAR10_SHAPED = ROOT / "benchmarks" / "data" / "cifar10_shaped"  # git-ignored; made on first use
+CIFAR10_SHAPED_SIZES = {"train": 50_000, "test": 1_000}
+
+
+def write_cifar10_shaped(path: Path = CIFAR10_SHAPED, sizes: dict[str, int] = CIFAR10_SHAPED_SIZES) -> None:
+    """Random uint8 32x32x3 images with 10 labels, saved as a Hugging Face DatasetDict (once).
+
+    The shape of CIFAR-10's training set, for timing only (it trains to chance accuracy). It is
+    read back through fedsim's real loader (`data.dataset = "hf:cifar10"`, `data.path`), as a
+    local copy of CIFAR-10 would be; the test split is small so evaluation stays cheap.
+    """
+    if (path / "dataset_dict.json").exists():
+        return
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    features = datasets.Features(
+        {"img": datasets.Array3D((32, 32, 3), "uint8"), "label": datasets.ClassLabel(num_classes=10)}
+    )
+    splits = {
+        split: datasets.Dataset.from_dict(
+            {"img": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "label": rng.integers(0, 10, n)},
+            features=features,
+        )
+        for split, n in sizes.items()
+    }
+    datasets.DatasetDict(splits).save_to_disk(str(path))
 
 
 DIGITS_MLP = (
@@ -110,6 +148,26 @@ WORKLOADS = {
             "train.fraction=0.1",
             "strategy.name=fedavg",
         ),
+    ),
+    "cifar10_pfl": Workload(
+        "pfl-research CIFAR-10 shape: 1000 clients x 50 CIFAR-10-shaped random images, 50 per round, "
+        "batch 10, 1 local epoch, CNN (32, 64 channels)",
+        10,
+        (
+            "data.dataset=hf:cifar10",
+            f"data.path={CIFAR10_SHAPED}",
+            "data.partitioner=iid",
+            "data.num_clients=1000",
+            "model.name=cnn",
+            "model.channels=[32,64]",
+            "train.lr=0.05",
+            "train.batch_size=10",
+            "train.local_epochs=1",
+            "train.fraction=0.05",
+            "strategy.name=fedavg",
+        ),
+        prepare=write_cifar10_shaped,
+        default=False,  # a GPU workload: `--workloads cifar10_pfl --device cuda`
     ),
 }
 
@@ -454,7 +512,9 @@ def speedups(runners: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--workloads", default=",".join(WORKLOADS), help=f"comma-separated: {', '.join(WORKLOADS)}"
+        "--workloads",
+        default=",".join(name for name, w in WORKLOADS.items() if w.default),
+        help=f"comma-separated: {', '.join(WORKLOADS)} (default: all but cifar10_pfl)",
     )
     parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated: {', '.join(RUNNERS)}")
     parser.add_argument(
@@ -497,6 +557,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     for name in workloads:
         workload = WORKLOADS[name]
+        if workload.prepare is not None:
+            workload.prepare()
         rounds = args.rounds or (QUICK_ROUNDS if args.quick else workload.rounds)
         flops = round_flops(workload, args.device)
         entry = {

@@ -54,7 +54,13 @@ class LocalContext:
 
 @dataclass(frozen=True)
 class LocalSummary:
-    """Facts about a finished local run, for rules that normalise by the real work done."""
+    """Facts about a finished local run, for rules that normalise by the real work done.
+
+    The vectorized backend passes `num_steps` and `num_samples` as per-client 0-d int64 tensors
+    inside vmap: compute with them as with ints. A `client_end` that needs Python ints (an `if`
+    on them, `int()`, `range`) still works there, at the cost of one call per group of clients
+    with equal counts.
+    """
 
     num_steps: int
     num_samples: int

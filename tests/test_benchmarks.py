@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from benchmarks import speed
+from fedsim.config import load_config
+from fedsim.engine import Simulation
 
 
 def test_quick_speed_benchmark_writes_the_table(tmp_path):
@@ -22,3 +26,14 @@ def test_quick_speed_benchmark_writes_the_table(tmp_path):
     assert "| runner | s/round (steady) |" in table
     assert all(f"| {runner} |" in table for runner in runners)
     assert "vectorized is" in table
+
+
+def test_cifar10_shaped_data_loads_through_the_hub_loader_as_a_cifar10_copy_would(tmp_path):
+    speed.write_cifar10_shaped(tmp_path / "c10", {"train": 40, "test": 8})
+    settings = ["data.dataset=hf:cifar10", f"data.path={tmp_path / 'c10'}", "data.num_clients=4"]
+    sim = Simulation(load_config(None, [*settings, "data.partitioner=iid", "model.name=cnn"]))
+    x, y = sim.task.client_data[0]
+    assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) <= float(x.max()) <= 1 and 0 <= int(y.min()) <= int(y.max()) < 10
+    assert len(sim.y_test) == 8
+    assert not speed.WORKLOADS["cifar10_pfl"].default  # a GPU workload, run only when named
