@@ -274,10 +274,17 @@ def test_local_instance_is_shut_down_after_ctrl_c(tmp_path):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) mid-run: exit 130, one line,
     finished rounds on disk, and every process the run started (Ray's and the workers) gone."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "fedsim.cli", "run", str(QUICKSTART), "--quiet", "--out", str(out),
-            "--set", "engine.device=cpu", "--set", "engine.backend=ray", "--set", "engine.workers=2",
-            "--set", "train.rounds=1000"]
-    proc = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    cli_args = ["run", str(QUICKSTART), "--quiet", "--out", str(out), "--set", "engine.device=cpu",
+                "--set", "engine.backend=ray", "--set", "engine.workers=2", "--set", "train.rounds=1000"]
+    # As a terminal's foreground job has it: Ctrl-C raises KeyboardInterrupt, even when this test
+    # process runs as a background job (whose children inherit SIGINT ignored).
+    launcher = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"sys.argv = ['fedsim', *{cli_args!r}]; runpy.run_module('fedsim.cli', run_name='__main__')"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher], cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         round_done = wait_until(lambda: metrics_rows(out) >= 2, timeout=120)
         assert round_done, proc.stderr.read() if proc.poll() is not None else "no round finished in time"
