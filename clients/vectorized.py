@@ -315,11 +315,11 @@ class ChunkTrainer:
     def _client_end(self, params, carry, client_state, steps, sizes, lr, global_params, broadcast):
         """Stacked (uploads, new client states) from every client's `client_end`.
 
-        One vmapped call, the summary's counts being per-client 0-d int64 tensors, serves every
-        `client_end` that computes with them. One that needs Python ints (a branch, `int()`,
-        `range`) fails under vmap; it is then called per run of equal (steps, samples), from then
-        on: a run of at least `VMAP_MIN_CLIENTS` clients is one vmapped call, the clients of
-        shorter runs call it one by one, cheaper than a vmap call for a few clients.
+        One vmapped call serves every `client_end` that computes with the summary's counts
+        (per-client 0-d int64 tensors here). One that needs Python ints (a branch, `int()`,
+        `range`) fails under vmap; from then on it is called per run of equal (steps, samples):
+        one vmapped call for a run of at least `VMAP_MIN_CLIENTS` clients, one call per client
+        for shorter runs (cheaper than a vmap call for a few clients).
         """
 
         def end(p, c, s, num_steps, num_samples):
@@ -338,14 +338,14 @@ class ChunkTrainer:
         parts, singles, start = [], [], 0
         for (num_steps, num_samples), run in itertools.groupby(zip(steps.tolist(), sizes.tolist())):
             stop = start + len(list(run))
-            summary = partial(end, num_steps=num_steps, num_samples=num_samples)
+            end_run = partial(end, num_steps=num_steps, num_samples=num_samples)
             if stop - start >= VMAP_MIN_CLIENTS:
                 if singles:
                     parts.append(stack(singles))
                     singles = []
-                parts.append(vmap(summary)(*take(stacked, slice(start, stop))))
+                parts.append(vmap(end_run)(*take(stacked, slice(start, stop))))
             else:
-                singles += [summary(*clients[i]) for i in range(start, stop)]
+                singles += [end_run(*clients[i]) for i in range(start, stop)]
             start = stop
         if singles:
             parts.append(stack(singles))
