@@ -9,7 +9,7 @@ differs: each local step is taken by all clients of the chunk in one vmapped cal
   by step count, longest first, so those still training are a prefix of the stacked state; a
   finished client's parameters are set aside and stop changing. A tick of at most
   `EAGER_MAX_CLIENTS` clients runs them one by one (autograd), cheaper than a vmapped call.
-- **Batches.** Each client's batch order comes from its own `seeding.torch_generator(seed,
+- **Batches.** Each client's batch order comes from the seed of `seeding.torch_generator(seed,
   "shuffle", round, client)` (a chunk's seeds derived in one call), drawn as `batch_indices`
   draws it. The round's batches are computed up front as row numbers into one device-resident
   tensor of all clients' data, so a tick gathers its inputs with one indexing op and no
@@ -93,20 +93,23 @@ def plan_batches(
     sizes: np.ndarray,
     steps: np.ndarray,
     offsets: np.ndarray,
-    generators: list[torch.Generator],
+    seeds: np.ndarray,
     batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every client's batches of one round as rows of the concatenated data, drawn as `batch_indices` does.
 
+    Client i shuffles with a generator seeded `seeds[i]` (one generator, re-seeded per client).
     Returns `rows` [clients, max steps, batch_size] and `lengths` [clients, max steps]: client i's
     t-th batch is `rows[i, t, :lengths[i, t]]` (length 0 once it has finished); the padding
     slots hold the client's first row, so a padded batch only ever reads the client's own data.
     """
     per_epoch = -(-sizes // batch_size)
     epochs = -(-steps // per_epoch)
-    perms = torch.cat(
-        [torch.randperm(int(n), generator=g) for n, e, g in zip(sizes, epochs, generators) for _ in range(e)]
-    ).numpy()
+    generator, drawn = torch.Generator(), []
+    for n, e, seed in zip(sizes.tolist(), epochs.tolist(), seeds):
+        generator.manual_seed(int(seed))
+        drawn += [torch.randperm(n, generator=generator) for _ in range(e)]
+    perms = torch.cat(drawn).numpy()
     # one block per (client, epoch), holding that epoch's permutation
     block_client = np.repeat(np.arange(len(sizes)), epochs)
     block_epoch = np.arange(len(block_client)) - np.repeat(np.cumsum(epochs) - epochs, epochs)
@@ -217,8 +220,8 @@ class ChunkTrainer:
         order = np.lexsort((-sizes, -steps))  # most steps first; equal (steps, samples) adjacent
         ids = [client_ids[i] for i in order]
         sizes, steps = sizes[order], steps[order]
-        generators = seeding.torch_generators(seed, "shuffle", round_, last=ids)
-        rows, lengths = plan_batches(sizes, steps, self.offsets[ids], generators, self.schedule.batch_size)
+        seeds = seeding.derive_seeds(seed, "shuffle", round_, last=ids)  # torch_generator's, for all at once
+        rows, lengths = plan_batches(sizes, steps, self.offsets[ids], seeds, self.schedule.batch_size)
         rows = torch.from_numpy(rows).to(self.device)
         client_state = stack([client_states[i] for i in order])
 

@@ -88,8 +88,3 @@ def numpy_rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
 def torch_generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
     """A CPU torch.Generator for (seed, purpose, *keys), e.g. ("shuffle", round, client)."""
     return torch.Generator().manual_seed(derive_seed(seed, purpose, *keys))
-
-
-def torch_generators(seed: int, purpose: str, *keys: int, last: list[int]) -> list[torch.Generator]:
-    """`[torch_generator(seed, purpose, *keys, k) for k in last]`, the seeds derived in one call."""
-    return [torch.Generator().manual_seed(int(s)) for s in derive_seeds(seed, purpose, *keys, last=last)]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from fedsim.seeding import derive_seed, derive_seeds, torch_generator, torch_generators
+from fedsim.seeding import derive_seed, derive_seeds
 
 
 @pytest.mark.parametrize("seed", [0, 7, 2**32 - 1, 2**32, 2**45 + 3])  # one- and multi-word seeds
@@ -15,15 +14,6 @@ def test_batched_seeds_equal_numpys_seed_sequence_one_by_one(seed, keys):
     last = np.array([0, 1, 2, 99, 2**31, 2**32 - 1])
     want = [derive_seed(seed, "shuffle", *keys, int(k)) for k in last]
     assert derive_seeds(seed, "shuffle", *keys, last=last).tolist() == want
-
-
-def test_batched_generators_draw_what_single_generators_draw():
-    ids = [5, 0, 17]
-    for gen, cid in zip(torch_generators(1, "shuffle", 4, last=ids), ids):
-        assert torch.equal(
-            torch.randperm(20, generator=gen),
-            torch.randperm(20, generator=torch_generator(1, "shuffle", 4, cid)),
-        )
 
 
 def test_seeds_depend_on_every_argument():

@@ -23,7 +23,7 @@ from fedsim.config import load_config
 from fedsim.engine import Simulation
 from fedsim.errors import ConfigError, TrainingDiverged
 from fedsim.plugins import available_strategies, strategy_class
-from fedsim.seeding import torch_generator
+from fedsim.seeding import derive_seeds, torch_generator
 from fedsim.validate import validate
 from strategies.fedavg import FedAvg
 from strategies.fedld import FedLD
@@ -135,8 +135,7 @@ def test_chunks_give_the_result_of_one_chunk():
 def test_batch_plan_is_serials_batch_order():
     sizes, steps, batch = np.array([10, 3, 7, 1]), np.array([6, 2, 1, 3]), 4
     offsets = np.cumsum(sizes) - sizes
-    generators = [torch_generator(0, "shuffle", 2, cid) for cid in range(4)]
-    rows, lengths = plan_batches(sizes, steps, offsets, generators, batch)
+    rows, lengths = plan_batches(sizes, steps, offsets, derive_seeds(0, "shuffle", 2, last=range(4)), batch)
     for cid in range(4):
         want = list(
             batch_indices(int(sizes[cid]), int(steps[cid]), batch, torch_generator(0, "shuffle", 2, cid))
