@@ -288,8 +288,13 @@ def test_local_instance_is_shut_down_after_ctrl_c(tmp_path):
     try:
         round_done = wait_until(lambda: metrics_rows(out) >= 2, timeout=120)
         assert round_done, proc.stderr.read() if proc.poll() is not None else "no round finished in time"
-        started = descendants(proc.pid)
-        assert any(cmdline(p).startswith("ray::PoolWorker") for p in started)
+        started: list[int] = []
+
+        def pool_seen() -> bool:  # polled: one look, right after round 1, missed the pool once under load
+            started[:] = descendants(proc.pid)
+            return any(cmdline(p).startswith("ray::PoolWorker") for p in started)
+
+        assert wait_until(pool_seen, timeout=60), [cmdline(p) for p in started]
         os.killpg(proc.pid, signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
