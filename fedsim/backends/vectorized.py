@@ -12,7 +12,7 @@ serial: the federation has more than one client; the strategy is not semi-superv
 `AUTO_MAX_STEP_FLOPS` on the device (3x the forward FLOPs of a sample, times the batch size);
 and the model trains under vmap. The FLOPs bound is where vmap stops paying: it removes
 per-step overhead, which dominates small steps, and costs memory for every client of a chunk.
-On 2 CPU cores vectorized rounds were 5-12x faster than serial for the digits MLP (5.5 MFLOP a
+On 2 CPU cores vectorized rounds were 6-12x faster than serial for the digits MLP (5.5 MFLOP a
 step), 1.5x for the mnist1d CNN (24 MFLOP), 1.1x at 96 MFLOP and 0.9x at 381 MFLOP
 (docs/backends.md). The CUDA bound is an estimate, not yet measured.
 """
