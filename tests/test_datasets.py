@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.data import DATASETS, load_dataset
+from fedsim.data import DATASETS, load_dataset, numpy_columns
 from fedsim.errors import ConfigError, DatasetUnavailable
 
 
@@ -156,3 +156,19 @@ def test_hf_offline_failure_is_one_fast_line(monkeypatch):
 def test_hf_missing_local_path(tmp_path):
     with pytest.raises(DatasetUnavailable, match="missing"):
         load_dataset("hf:toy", seed=0, num_clients=2, path=str(tmp_path / "missing"))
+
+
+def test_hf_array_images_are_read_as_stored_uint8_and_scaled(tmp_path):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    features = datasets.Features(
+        {"img": datasets.Array3D((8, 8, 3), "uint8"), "label": datasets.Value("int64")}
+    )
+    train = datasets.Dataset.from_dict({"img": pixels, "label": rng.integers(0, 2, 20)}, features=features)
+    assert numpy_columns(train, "img")["img"].dtype == np.uint8  # not widened to int64
+    train.save_to_disk(tmp_path / "arr")
+    bundle = load_dataset("hf:arr", seed=0, num_clients=2, path=str(tmp_path / "arr"), test_fraction=0.25)
+    x, _ = bundle.tensors("train")
+    assert x.shape == (15, 3, 8, 8) and x.dtype == torch.float32
+    stored = {tuple(p.flatten()) for p in pixels.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)}
+    assert {tuple(row.flatten().tolist()) for row in x.numpy()} <= stored
