@@ -26,9 +26,10 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedsim import tree
 from fedsim.aggregate import WeightedSum
+from fedsim.backends import make_backend
 from fedsim.backends.base import Backend, RoundOutput, RoundPlan, Task
 from fedsim.backends.serial import train_cohort
-from fedsim.backends.vectorized import train_cohort_vectorized, vectorizable_model
+from fedsim.backends.vectorized import VectorizedBackend, train_cohort_vectorized, vectorizable_model
 from fedsim.config import EngineConfig
 from fedsim.errors import ConfigError, FedsimError, TrainingDiverged
 from fedsim.strategy import State
@@ -148,9 +149,6 @@ class PoolWorker:
         self.task = task
         self.vectorized = None
         if engine.worker_backend != "serial":
-            from fedsim.backends import make_backend
-            from fedsim.backends.vectorized import VectorizedBackend
-
             cpu_data = ResidentData(data, torch.device("cpu"))  # the backend moves them to the device at once
             with_data = replace(task, client_data=[cpu_data[c] for c in range(len(data))])
             backend = make_backend(engine.worker_backend, with_data, engine)
@@ -220,8 +218,8 @@ class RayBackend(Backend):
         else:
             cpus, gpus, where = len(os.sched_getaffinity(0)), torch.cuda.device_count(), "machine"
         size = pool_size(engine, cpus, gpus, where)
-        if engine.worker_backend == "vectorized":
-            check_vectorizable(task)
+        if engine.worker_backend == "vectorized":  # its refusals once here, not in every actor
+            vectorizable_model(task, instead="engine.worker_backend=serial")
         if not ray.is_initialized():
             self._start_local(size)
         device = torch.device("cuda") if task.device.type == "cuda" else task.device  # Ray picks the GPU
@@ -348,15 +346,6 @@ class RayBackend(Backend):
         if self.owns_session:
             ray.shutdown()
             self.owns_session = False
-
-
-def check_vectorizable(task: Task) -> None:
-    """The vectorized backend's refusals, made once in the driver rather than in every actor."""
-    try:
-        vectorizable_model(task)
-    except ConfigError as err:
-        message = str(err).replace("engine.backend=serial", "engine.worker_backend=serial")
-        raise ConfigError(message) from None
 
 
 def _cluster_totals() -> tuple[float, float]:

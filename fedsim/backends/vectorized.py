@@ -63,25 +63,26 @@ class VectorizedBackend(Backend):
         return train_cohort_vectorized(self.task, self.trainer, plan, plan.client_ids, self.chunk_size)
 
 
-def vectorizable_model(task: Task) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """The task's model and a probe batch on the device, or a ConfigError saying why the task cannot vectorize."""
+def vectorizable_model(
+    task: Task, instead: str = "engine.backend=serial"
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The task's model and a probe batch on the device, or a ConfigError saying why the task
+    cannot vectorize and to set `instead`."""
     if isinstance(task.strategy, SemiSupervisedStrategy):
         raise ConfigError(
             f"strategy '{task.strategy.name}' is semi-supervised; the vectorized backend cannot run it; "
-            "use engine.backend=serial"
+            f"use {instead}"
         )
     if task.track_memory:
         raise ConfigError(
             "client.track_memory meters one client at a time, which the vectorized backend does not train; "
-            "use engine.backend=serial"
+            f"use {instead}"
         )
     model = task.model_fn().to(task.device)
     x, y = probe_batch(task)
     problem = vectorization_problem(model, task.grad_fn(model, functional=True), x, y)
     if problem is not None:
-        raise ConfigError(
-            f"the vectorized backend cannot train this model: {problem}; use engine.backend=serial"
-        )
+        raise ConfigError(f"the vectorized backend cannot train this model: {problem}; use {instead}")
     return model, x, y
 
 
