@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from clients.backprop import autograd_grad_fn
+from fedsim.gradients import autograd_grad_fn
 from clients.local_learning import (
     block_module_ranges,
     build_training_model,

@@ -1,48 +1,20 @@
-"""Plain backpropagation as a gradient function: `grad_fn(params, batch) -> (loss, grads)`.
-
-Two builds of the same function: `autograd_grad_fn` for one client at a time (about twice
-as fast per step on small models) and `functional_grad_fn` built on `torch.func`, which
-composes with `vmap` for the vectorized backend. Both differentiate `objective(logits, y)`.
-"""
+"""Plain backpropagation with local SGD: the default client trainer."""
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
-from torch import nn
-from torch.func import functional_call, grad_and_value
-
-from fedsim.strategy import Batch, GradFn
-from fedsim.tree import Params
-
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from fedsim.trainer import ClientTrainer
 
 
-def autograd_grad_fn(model: nn.Module, objective: Objective) -> GradFn:
-    """Gradients with `torch.autograd.grad` on leaf copies of the params."""
+@dataclass
+class Backprop(ClientTrainer):
+    """Backprop: gradients of the whole network, torch.optim.SGD steps with the [train] settings.
 
-    def grad_fn(params: Params, batch: Batch) -> tuple[torch.Tensor, Params]:
-        x, y = batch
-        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        with torch.enable_grad():
-            loss = objective(functional_call(model, leaves, (x,)), y)
-            grads = torch.autograd.grad(loss, list(leaves.values()))
-        return loss.detach(), dict(zip(leaves, grads))
+    Each local step takes the strategy's direction (plain gradients for FedAvg), clips it to
+    `train.clip_norm`, adds `train.weight_decay` * params, applies `train.momentum` (reset every
+    round) and steps by the round's lr.
+    """
 
-    return grad_fn
-
-
-def functional_grad_fn(model: nn.Module, objective: Objective) -> GradFn:
-    """Gradients with `torch.func.grad_and_value`; safe under `vmap`."""
-
-    def loss_fn(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return objective(functional_call(model, params, (x,)), y)
-
-    grad_and_loss = grad_and_value(loss_fn)
-
-    def grad_fn(params: Params, batch: Batch) -> tuple[torch.Tensor, Params]:
-        grads, loss = grad_and_loss(params, *batch)
-        return loss, grads
-
-    return grad_fn
+    name: ClassVar[str] = "backprop"

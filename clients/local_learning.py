@@ -38,7 +38,7 @@ from clients.aux_nets import (
     output_shape,
     pyramid_depths,
 )
-from clients.backprop import Objective
+from fedsim.gradients import Objective
 from clients.semi_supervised import SemiSupervisedStrategy
 from fedsim import seeding, tree
 from fedsim.config import LocalLearningConfig, ModelConfig

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from clients.backprop import Objective, autograd_grad_fn, functional_grad_fn
+from fedsim.gradients import Objective, autograd_grad_fn, functional_grad_fn
 from clients.trainer import LocalSchedule, apply_step
 from fedsim import seeding
 from fedsim.errors import TrainingDiverged

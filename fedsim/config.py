@@ -117,6 +117,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    trainer: dict[str, Any] = field(default_factory=lambda: {"name": "backprop"})
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,14 +228,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return config_from_dict(tree)
 
 
+NAMED_TABLES = {"strategy": "fedavg", "trainer": "backprop"}  # tables of a plugin's name + its hyperparameters
+
+
 def config_from_dict(tree: dict[str, Any]) -> Config:
     tree = dict(tree)
-    strategy = tree.pop("strategy", {"name": "fedavg"})
-    if not isinstance(strategy, dict):
-        raise ConfigError("config key 'strategy' must be a table")
-    strategy = {"name": "fedavg", **strategy}
-    if not isinstance(strategy["name"], str):
-        raise ConfigError("config key 'strategy.name' must be a string")
+    named = {}
+    for key, default in NAMED_TABLES.items():
+        table = tree.pop(key, {"name": default})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config key '{key}' must be a table")
+        table = {"name": default, **table}
+        if not isinstance(table["name"], str):
+            raise ConfigError(f"config key '{key}.name' must be a string")
+        named[key] = table
     config = build_section(Config, tree, "")
-    config.strategy = strategy
+    for key, table in named.items():
+        setattr(config, key, table)
     return config

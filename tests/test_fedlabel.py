@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks import fedlabel as fedlabel_benchmark
-from clients.backprop import autograd_grad_fn
+from fedsim.gradients import autograd_grad_fn
 from clients.semi_supervised import (
     PSEUDO_LABEL_COLUMNS,
     augment,

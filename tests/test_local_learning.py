@@ -8,7 +8,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from clients.aux_nets import ManAux, auglocal_layers, man_weight, pyramid_depths
-from clients.backprop import autograd_grad_fn
+from fedsim.gradients import autograd_grad_fn
 from clients.local_learning import (
     PRIVATE_AUX,
     LocalLearningNet,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
-from clients.backprop import autograd_grad_fn, functional_grad_fn
+from fedsim.gradients import autograd_grad_fn, functional_grad_fn
 from clients.trainer import LocalSchedule, train_client
 from fedsim import tree
 from fedsim.aggregate import WeightedSum

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from clients.backprop import autograd_grad_fn, functional_grad_fn
+from fedsim.gradients import autograd_grad_fn, functional_grad_fn
 from clients.trainer import LocalSchedule, apply_step, batch_indices, train_client
 from fedsim import tree
 from fedsim.strategy import LocalContext, Strategy

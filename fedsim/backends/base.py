@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from clients.backprop import autograd_grad_fn, functional_grad_fn
+from fedsim.gradients import autograd_grad_fn, functional_grad_fn
 from clients.local_learning import LocalLearningNet, local_learning_grad_fn, unsupported_functional_grad_fn
 from clients.memory import MemoryMeter
 from clients.trainer import LocalSchedule
