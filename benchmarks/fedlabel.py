@@ -19,7 +19,7 @@ each, so two workers fill two cores.
 
     python benchmarks/fedlabel.py                       # 27 runs
     python benchmarks/fedlabel.py --quick               # 2 rounds, 1 seed: checks the script in seconds
-    python benchmarks/fedlabel.py --set strategy.augment=shift --out /tmp/fedlabel_shift
+    python benchmarks/fedlabel.py --set trainer.augment=shift --out /tmp/fedlabel_shift
     python benchmarks/fedlabel.py --methods select_without_consistency,global_with_consistency --out /tmp/ablation
 """
 
@@ -41,12 +41,12 @@ RATIOS = (0.2, 0.05)
 SEEDS = (0, 1, 2)
 METHODS = {
     "fedlabel": [],
-    "fedavg_labelled": ["strategy={name='fedavg'}"],
-    "global_expert": ["strategy.expert=global", "strategy.lambda_0=0"],
-    "local_expert": ["strategy.expert=local", "strategy.lambda_0=0"],
-    "fedavg_full": ["strategy={name='fedavg'}", "data.label_ratio=1"],
-    "select_without_consistency": ["strategy.lambda_0=0"],
-    "global_with_consistency": ["strategy.expert=global"],
+    "fedavg_labelled": ["trainer={name='backprop'}"],
+    "global_expert": ["trainer.expert=global", "trainer.lambda_0=0"],
+    "local_expert": ["trainer.expert=local", "trainer.lambda_0=0"],
+    "fedavg_full": ["trainer={name='backprop'}", "data.label_ratio=1"],
+    "select_without_consistency": ["trainer.lambda_0=0"],
+    "global_with_consistency": ["trainer.expert=global"],
 }
 MUST_SHOW = "fedlabel,fedavg_labelled,global_expert,local_expert,fedavg_full"
 DIAGNOSTICS = ("pseudo_coverage", "pseudo_accuracy", "local_expert_share", "expert_agreement")

@@ -4,17 +4,17 @@
     python -m benchmarks.memory --batch 16 32 64 128 1024 --steps 5 --model resnet110_gn
     python -m benchmarks.memory --quick                          # batch 8, K = 4: a smoke test
 
-One client's local step, as fedsim's serial backend runs it (`train_client`, FedAvg, SGD with
-momentum 0.9), on CIFAR-10-shaped random inputs, for:
+One client's local step, as fedsim's serial backend runs it (`ClientTrainer.train` on a
+`ClientJob`, FedAvg, SGD with momentum 0.9), on CIFAR-10-shaped random inputs, for:
 - `backprop`: plain backpropagation;
 - `checkpoint`: backprop with `torch.utils.checkpoint` over the same K blocks local learning
   uses (every block but the last keeps only its input and recomputes its activations during
   backward; reentrant checkpointing, so the meter also counts the recomputed activations);
-- `dgl`, `auglocal`, `man`: local learning with K blocks (client.local_learning defaults).
+- `dgl`, `auglocal`, `man`: local learning with K blocks (the `local_learning` trainer's defaults).
 
 Measured per (method, K, batch), after one warm-up step, over `--steps` steps:
 - peak activation bytes: tensors autograd keeps for backward, from saved-tensor hooks
-  (clients/memory.py; parameters excluded; for `checkpoint` the input batch, which must require
+  (fedsim/memory.py; parameters excluded; for `checkpoint` the input batch, which must require
   grad there, is not counted: 0.4% of backprop's peak at batch 64);
 - static bytes: parameters + gradients + momentum, backbone and auxiliary nets apart;
 - the saving of the activation peak and of static + activations against backprop;
@@ -40,18 +40,14 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.checkpoint import checkpoint
 
-from fedsim.gradients import autograd_grad_fn
-from clients.local_learning import (
-    block_module_ranges,
-    build_training_model,
-    federate,
-    local_learning_grad_fn,
-    split_layers,
-)
-from clients.memory import MemoryMeter, model_state_bytes
-from clients.trainer import LocalSchedule, train_client
-from fedsim.config import LocalLearningConfig, ModelConfig
-from fedsim.strategy import GradFn, LocalContext
+from clients.local_learning import LocalLearning, block_module_ranges, split_layers
+from fedsim.config import ModelConfig
+from fedsim.local import ClientJob, LocalEnv
+from fedsim.memory import MemoryMeter, model_state_bytes
+from fedsim.models import build_model
+from fedsim.schedule import LocalSchedule, cohort_batches
+from fedsim.strategy import GradFn
+from fedsim.trainer import ClientTrainer, SGDSettings
 from fedsim.tree import Params
 from strategies.fedavg import FedAvg
 
@@ -88,42 +84,38 @@ def measure(method: str, blocks: int, batch: int, args: argparse.Namespace) -> d
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
-    local = LocalLearningConfig(method=method if method in LOCAL_METHODS else "none", blocks=blocks)
-    model = build_training_model(
-        ModelConfig(name=args.model), local, tuple(args.input), NUM_CLASSES, seed=0
-    ).to(device)
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    strategy, params = federate(FedAvg(), model, params)
+    shape = tuple(args.input)
+    trainer = LocalLearning(method=method, blocks=blocks) if method in LOCAL_METHODS else ClientTrainer()
+    trainer.sgd = SGDSettings(momentum=0.9)
+    backbone = build_model(ModelConfig(name=args.model), shape, NUM_CLASSES, seed=0)
+    model = trainer.build_model(backbone, shape, NUM_CLASSES, seed=0).to(device)
+    strategy = FedAvg()
+    params = trainer.prepare(model, {k: v.detach() for k, v in model.named_parameters()})
     if method == "checkpoint":
         grad_fn = checkpointed_grad_fn(model, blocks)
-    elif method == "backprop":
-        grad_fn = autograd_grad_fn(model, F.cross_entropy)
     else:
-        grad_fn = local_learning_grad_fn(model, F.cross_entropy)
+        grad_fn = trainer.grad_fn(model, strategy.objective)
     gen = torch.Generator().manual_seed(0)
     data = (
         torch.randn(batch, *args.input, generator=gen).to(device),
         torch.randint(0, NUM_CLASSES, (batch,), generator=gen).to(device),
     )
-    ctx = LocalContext(
-        params,
-        strategy.broadcast(strategy.init_server_state(params)),
-        strategy.init_client_state(params),
-        0.05,
-    )
 
     def run(steps: int) -> None:
-        schedule = LocalSchedule(epochs=1, steps=steps, batch_size=batch, momentum=0.9)
-        train_client(
+        schedule = LocalSchedule(epochs=1, steps=steps, batch_size=batch)
+        job = ClientJob(
             client_id=0,
+            round=1,
+            lr=0.05,
+            global_params=params,
+            broadcast=strategy.broadcast(strategy.init_server_state(params)),
+            strategy_state=strategy.init_client_state(params),
+            trainer_state=trainer.init_state(params),
             data=data,
-            strategy=strategy,
-            grad_fn=grad_fn,
-            ctx=ctx,
-            schedule=schedule,
-            seed=0,
-            round_=1,
+            batches=cohort_batches(schedule, 0, 1, [0], [batch], [1.0])[0],
+            unlabelled=data[0][:0],
         )
+        trainer.train(job, LocalEnv(strategy, model, grad_fn, schedule, seed=0))
 
     run(1)
     if device.type == "cuda":

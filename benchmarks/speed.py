@@ -292,18 +292,18 @@ def run_plain(workload: Workload, rounds: int, device: str) -> dict:
     return result(ticks, final_accuracy, peak_rss_mb(), cohort)
 
 
-_ACTOR_DATA: dict = {}  # a Flower actor's copy of the workload: (model builder, client data)
+_ACTOR_DATA: dict = {}  # a Flower actor's copy of the workload: (model, client data)
 
 
 def actor_data(workload: Workload, rounds: int, device: str):
-    """The workload's model builder and client data, built once per Flower actor process."""
+    """The workload's model and client data, built once per Flower actor process."""
     if not _ACTOR_DATA:
         import torch
 
         torch.set_num_threads(1)  # one CPU per actor (client_resources num_cpus = 1)
         sim = build_simulation(workload, rounds, device)
         _ACTOR_DATA["data"] = (
-            sim.task.model_fn,
+            sim.model,
             [(x.to(sim.device), y.to(sim.device)) for x, y in sim.task.client_data],
         )
     return _ACTOR_DATA["data"]
@@ -327,9 +327,8 @@ def run_flower(workload: Workload, rounds: int, device: str) -> dict:
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
-        build_model, data = actor_data(workload, rounds, device)
+        model, data = actor_data(workload, rounds, device)
         x, y = data[context.node_config["partition-id"]]
-        model = build_model().to(x.device)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         local_sgd(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=msg.content["config"]["lr"])
         reply = {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(y)})}

@@ -8,15 +8,17 @@ activations are alive during backward.
 
 - `split_layers` cuts a registered model into layers (MLP: each hidden layer; CNN: each conv
   stage; ResNets: the stem and each residual block) and its head; K blocks group the layers.
-- `build_training_model` wraps the network and its auxiliary nets in a `LocalLearningNet`,
-  whose forward is the network's, so evaluation is unchanged.
-- `local_learning_grad_fn` is the block-wise `grad_fn(params, batch) -> (loss, grads)` that
-  `Task.grad_fn` hands to backends; strategies only see gradients, so SCAFFOLD's correction,
-  FedSpeed's ascent step, FedProx's prox term... apply as with backprop.
-- `federate` decides what is federated: with `aux = "federated"` the auxiliary nets are params
-  like the backbone; with `"local"` (kept per client) or `"frozen"` (the server's initial copy,
-  sent each round, trained within the round, never uploaded) they leave the params, and `LocalLearningStrategy` keeps them; so it does MAN's EMA
-  copies, which are reset from the received global model each round and never sent.
+- `LocalLearning` is the client trainer (`[trainer] name = "local_learning"`):
+  - `build_model` wraps the network and its auxiliary nets in a `LocalLearningNet`, whose
+    forward is the network's, so evaluation is unchanged;
+  - `grad_fn` is the block-wise `local_learning_grad_fn(params, batch) -> (loss, grads)`;
+    strategies only see gradients, so SCAFFOLD's correction, FedSpeed's ascent step, FedProx's
+    prox term... apply as with backprop;
+  - `prepare` decides what is federated: with `aux = "federated"` the auxiliary nets are params
+    like the backbone; with `"local"` (kept per client, in the trainer's client state) or
+    `"frozen"` (the initial copy, the same on every client, trained within a round, never
+    uploaded) they leave the params, and so do MAN's EMA copies, which are reset from the
+    received global model each round and never sent.
 
 Methods and defaults: docs/local_learning.md.
 """
@@ -24,6 +26,7 @@ Methods and defaults: docs/local_learning.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -38,17 +41,15 @@ from clients.aux_nets import (
     output_shape,
     pyramid_depths,
 )
-from fedsim.gradients import Objective
-from clients.semi_supervised import SemiSupervisedStrategy
 from fedsim import seeding, tree
-from fedsim.config import LocalLearningConfig, ModelConfig
 from fedsim.errors import ConfigError
-from fedsim.models import BasicBlock, build_model
-from fedsim.strategy import Aggregate, Batch, GradFn, LocalContext, LocalSummary, RoundInfo, State, Strategy
+from fedsim.gradients import Objective
+from fedsim.models import BasicBlock
+from fedsim.strategy import Batch, GradFn, LocalContext, LocalSummary, State, Strategy
+from fedsim.trainer import ClientTrainer
 from fedsim.tree import Params
 
 METHODS: dict[str, str] = {
-    "none": "plain backpropagation",
     "dgl": "DGL: a small conv + MLP classifier per block",
     "auglocal": "AugLocal: fresh copies of uniformly sampled later layers + a linear head, pyramidal depth",
     "man": "MAN: EMA copy of the next block's first layer + a learnable bias, InfoPro's loss",
@@ -58,8 +59,8 @@ AUX_MODES: dict[str, str] = {
     "local": "each client keeps its own auxiliary nets; never sent",
     "frozen": "the server's initial auxiliary nets are sent each round, trained locally, never uploaded",
 }
-PRIVATE_AUX = "local_learning_aux"  # state group: auxiliary nets kept out of the federated params
-EMA = "local_learning_ema"  # carry group: MAN's EMA copies during a client's round
+PRIVATE_AUX = "aux"  # trainer state / optimiser group: auxiliary nets kept out of the federated params
+EMA = "ema"  # optimiser group: MAN's EMA copies during a client's round
 
 _WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, BasicBlock)
 _HEAD_START = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten)
@@ -120,21 +121,14 @@ class LocalLearningNet(nn.Module):
     it block-wise. `forward` is the backbone's, so evaluation is that of the ordinary network.
 
     `module_ranges[k]` = (start, stop) module indices of block k in the backbone; the last block
-    ends with the head. `config` is the run's `client.local_learning` section.
+    ends with the head.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Sequential,
-        aux: list[nn.Module],
-        module_ranges: list[tuple[int, int]],
-        config: LocalLearningConfig,
-    ) -> None:
+    def __init__(self, backbone: nn.Sequential, aux: list[nn.Module], module_ranges: list[tuple[int, int]]) -> None:
         super().__init__()
         self.backbone = backbone
         self.aux = nn.ModuleList(aux)
         self.module_ranges = module_ranges
-        self.config = config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -147,55 +141,6 @@ class LocalLearningNet(nn.Module):
             if isinstance(aux, ManAux)
             for name, _ in aux.ema.named_parameters()
         }
-
-
-def build_training_model(
-    model_cfg: ModelConfig,
-    local_cfg: LocalLearningConfig,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    seed: int,
-) -> nn.Module:
-    """The network clients train: `build_model`'s, wrapped with auxiliary nets when
-    `local_cfg.method` is not "none". Auxiliary nets are seeded from (seed, "local_learning")."""
-    backbone = build_model(model_cfg, input_shape, num_classes, seed)
-    if local_cfg.method == "none":
-        return backbone
-    split = split_layers(backbone, f"model '{model_cfg.name}'")
-    num_layers, num_blocks = len(split), local_cfg.blocks
-    if num_blocks > num_layers:
-        raise ConfigError(
-            f"client.local_learning.blocks={num_blocks} but model '{model_cfg.name}' splits into only "
-            f"{num_layers} layer(s); use blocks <= {num_layers}"
-        )
-    layers = [backbone[start:stop] for start, stop in split]
-    shapes, shape = [], tuple(input_shape)
-    for layer in layers:
-        shape = output_shape(layer, shape)
-        shapes.append(shape)
-    depths = pyramid_depths(local_cfg.depth, local_cfg.pyramid_coeff, num_blocks - 1)
-    aux = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seeding.derive_seed(seed, "local_learning"))
-        for k, (_, stop) in enumerate(block_layers(num_layers, num_blocks)[:-1]):
-            last = stop - 1  # the block's last layer
-            if local_cfg.method == "dgl":
-                aux.append(ClassifierLoss(dgl_head(shapes[last], num_classes)))
-            elif local_cfg.method == "auglocal":
-                aux.append(auglocal_net(layers, shapes, last, depths[k], num_classes))
-            else:
-                recon, ce = (
-                    man_weight(w, k, num_blocks - 1) for w in (local_cfg.recon_weight, local_cfg.ce_weight)
-                )
-                aux.append(ManAux(layers[stop], shapes[last], tuple(input_shape), num_classes, recon, ce))
-    return LocalLearningNet(backbone, aux, block_module_ranges(split, num_blocks, len(backbone)), local_cfg)
-
-
-def network_params(model: nn.Module, params: Params) -> Params:
-    """The params of the ordinary network (what `build_model` builds), without auxiliary nets."""
-    if not isinstance(model, LocalLearningNet):
-        return params
-    return {k.removeprefix("backbone."): v for k, v in params.items() if k.startswith("backbone.")}
 
 
 # ---------------------------------------------------------------------- the gradient function
@@ -258,93 +203,136 @@ def local_learning_grad_fn(model: LocalLearningNet, objective: Objective) -> Gra
 
 
 def unsupported_functional_grad_fn(params: Params, batch: Batch) -> tuple[torch.Tensor, Params]:
-    """What `Task.grad_fn(functional=True)` gives a local-learning model: it fails when called, so
-    `engine.backend = "auto"` finds the model does not vectorize and takes the serial backend."""
+    """What `LocalLearning.grad_fn(functional=True)` gives: it fails when called, so nothing
+    vmaps block-wise training by accident."""
     raise ConfigError("local learning runs on the serial, ray and flower backends, not the vectorized one")
 
 
-# ---------------------------------------------------------------------- what is federated
+# ---------------------------------------------------------------------- the client trainer
 
 
 @dataclass
-class LocalLearningStrategy(Strategy):
-    """Wraps `inner` for the parts of local learning that are not gradients.
+class LocalLearning(ClientTrainer):
+    """Local learning: K gradient-isolated blocks, each trained on its own auxiliary loss.
 
-    - `aux_mode = "local"`: each client's auxiliary nets live in its state (`PRIVATE_AUX`),
-      starting from `private_aux` (the seeded initialisation); they are never uploaded.
-    - `aux_mode = "frozen"`: the server's auxiliary nets (`private_aux`, never changed) are
-      broadcast; each client starts its round from them and discards its trained copy.
-    In both modes the auxiliary nets take plain SGD steps at the round's lr on their own
-    gradients during a client's round (no momentum or weight decay, no strategy correction).
-    - `ema_sources` (MAN): at each round's start a client copies the EMA layers from the received
-      global model; after each step's gradient, ema <- m ema + (1 - m) layer (pre-step weights).
+    `method`: dgl | auglocal | man (docs/local_learning.md); `blocks` = K (the last block trains
+    the network's own head); `aux`: federated | local | frozen, what happens to the auxiliary
+    nets across rounds. AugLocal: `depth` (d) later layers copied by each auxiliary net, falling
+    linearly to d - c (d - 1) with `pyramid_coeff` c. MAN: `ema_momentum` of the copy of the next
+    block's first layer; `recon_weight` and `ce_weight`, [first, last] auxiliary net, interpolated.
 
-    The inner strategy sees only the federated params and its own state, carry and broadcast.
+    With `aux = "local" | "frozen"` the auxiliary nets take plain SGD steps at the round's lr on
+    their own gradients during a client's round (no momentum or weight decay, no strategy
+    correction); MAN's EMA copies start each round from the received global model and follow
+    ema <- m ema + (1 - m) layer after each step's gradient (pre-step weights).
     """
 
-    inner: Strategy
-    aux_mode: str = "federated"
-    private_aux: Params = field(default_factory=dict)
-    ema_sources: dict[str, str] = field(default_factory=dict)
+    name: ClassVar[str] = "local_learning"
+    vectorizes: ClassVar[bool] = False  # block-wise autograd, one client at a time
+
+    method: str = "dgl"
+    blocks: int = 2
+    aux: str = "federated"
+    depth: int = 2
+    pyramid_coeff: float = 0.5
     ema_momentum: float = 0.995
+    recon_weight: list[float] = field(default_factory=lambda: [5.0, 0.5])
+    ce_weight: list[float] = field(default_factory=lambda: [0.5, 1.0])
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    @property
-    def needs_all_uploads(self) -> bool:
-        return self.inner.needs_all_uploads
-
-    @staticmethod
-    def _own(state: State) -> State:
-        return {g: p for g, p in state.items() if g not in (PRIVATE_AUX, EMA)}
-
-    def _inner_ctx(self, ctx: LocalContext) -> LocalContext:
-        return LocalContext(ctx.global_params, self._own(ctx.broadcast), self._own(ctx.client_state), ctx.lr)
+    def __post_init__(self) -> None:
+        self.private_aux: Params = {}  # the auxiliary nets' initial copy, when they are not federated
+        self.ema_sources: dict[str, str] = {}  # MAN: EMA-copy param -> the backbone param it follows
 
     def validate(self) -> None:
-        self.inner.validate()
+        key = "trainer"
+        _require(self.method in METHODS, f"unknown {key}.method '{self.method}'; choose one of: {', '.join(METHODS)}")
+        _require(self.blocks >= 1, f"{key}.blocks must be >= 1, got {self.blocks}")
+        _require(self.aux in AUX_MODES, f"unknown {key}.aux '{self.aux}'; choose one of: {', '.join(AUX_MODES)}")
+        _require(self.depth >= 1, f"{key}.depth must be >= 1, got {self.depth}")
+        _require(0 <= self.pyramid_coeff <= 1, f"{key}.pyramid_coeff must be in [0, 1], got {self.pyramid_coeff}")
+        _require(0 <= self.ema_momentum <= 1, f"{key}.ema_momentum must be in [0, 1], got {self.ema_momentum}")
+        for name in ("recon_weight", "ce_weight"):
+            pair = getattr(self, name)
+            _require(len(pair) == 2 and min(pair) >= 0, f"{key}.{name} must be [first, last] weights >= 0, got {pair}")
+        _require(
+            all(r + c > 0 for r, c in zip(self.recon_weight, self.ce_weight)),
+            f"{key}: recon_weight + ce_weight must be > 0 at both ends, or a block gets no gradient",
+        )
 
-    # ---- server side
-    def init_server_state(self, params: Params) -> State:
-        state = self.inner.init_server_state(params)
-        return {**state, PRIVATE_AUX: tree.clone(self.private_aux)} if self.aux_mode == "frozen" else state
+    def build_model(
+        self, backbone: nn.Module, input_shape: tuple[int, ...], num_classes: int, seed: int
+    ) -> nn.Module:
+        """The network and its auxiliary nets, seeded from (seed, "local_learning")."""
+        split = split_layers(backbone, "the model")
+        num_layers, num_blocks = len(split), self.blocks
+        if num_blocks > num_layers:
+            raise ConfigError(
+                f"trainer.blocks={num_blocks} but the model splits into only "
+                f"{num_layers} layer(s); use blocks <= {num_layers}"
+            )
+        layers = [backbone[start:stop] for start, stop in split]
+        shapes, shape = [], tuple(input_shape)
+        for layer in layers:
+            shape = output_shape(layer, shape)
+            shapes.append(shape)
+        depths = pyramid_depths(self.depth, self.pyramid_coeff, num_blocks - 1)
+        aux = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seeding.derive_seed(seed, "local_learning"))
+            for k, (_, stop) in enumerate(block_layers(num_layers, num_blocks)[:-1]):
+                last = stop - 1  # the block's last layer
+                if self.method == "dgl":
+                    aux.append(ClassifierLoss(dgl_head(shapes[last], num_classes)))
+                elif self.method == "auglocal":
+                    aux.append(auglocal_net(layers, shapes, last, depths[k], num_classes))
+                else:
+                    recon, ce = (
+                        man_weight(w, k, num_blocks - 1) for w in (self.recon_weight, self.ce_weight)
+                    )
+                    aux.append(ManAux(layers[stop], shapes[last], tuple(input_shape), num_classes, recon, ce))
+        return LocalLearningNet(backbone, aux, block_module_ranges(split, num_blocks, len(backbone)))
 
-    def broadcast(self, server_state: State) -> State:
-        sent = self.inner.broadcast(self._own(server_state))
-        return {**sent, PRIVATE_AUX: server_state[PRIVATE_AUX]} if self.aux_mode == "frozen" else sent
+    def prepare(self, model: nn.Module, params: Params) -> Params:
+        """Keep MAN's EMA copies, and the auxiliary nets unless `aux = "federated"`, on the client."""
+        self.ema_sources = model.ema_sources()
+        if self.aux != "federated":
+            self.private_aux = tree.clone(
+                {k: v for k, v in params.items() if k.startswith("aux.") and k not in self.ema_sources}
+            )
+        return {k: v for k, v in params.items() if k not in self.ema_sources and k not in self.private_aux}
 
-    def server_update(
-        self, params: Params, server_state: State, aggregate: Aggregate, info: RoundInfo
-    ) -> tuple[Params, State]:
-        params, state = self.inner.server_update(params, self._own(server_state), aggregate, info)
-        if self.aux_mode == "frozen":
-            state = {**state, PRIVATE_AUX: server_state[PRIVATE_AUX]}
-        return params, state
+    def network_params(self, params: Params) -> Params:
+        """The backbone's params under the plain network's names, without auxiliary nets."""
+        return {k.removeprefix("backbone."): v for k, v in params.items() if k.startswith("backbone.")}
 
-    # ---- client side
-    def init_client_state(self, params: Params) -> State:
-        state = self.inner.init_client_state(params)
-        return {**state, PRIVATE_AUX: tree.clone(self.private_aux)} if self.aux_mode == "local" else state
+    def grad_fn(self, model: nn.Module, objective: Objective, functional: bool = False) -> GradFn:
+        return unsupported_functional_grad_fn if functional else local_learning_grad_fn(model, objective)
 
-    def objective(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.inner.objective(logits, targets)
+    def init_state(self, params: Params) -> State:
+        return {PRIVATE_AUX: tree.clone(self.private_aux)} if self.aux == "local" else {}
 
-    def client_begin(self, ctx: LocalContext) -> State:
-        carry = dict(self.inner.client_begin(self._inner_ctx(ctx)))
-        if self.aux_mode == "local":
-            carry[PRIVATE_AUX] = ctx.client_state[PRIVATE_AUX]
-        elif self.aux_mode == "frozen":
-            carry[PRIVATE_AUX] = ctx.broadcast[PRIVATE_AUX]
+    def begin(self, params: Params, state: State, ctx: LocalContext) -> State:
+        opt: State = {}
+        if self.aux == "local":
+            opt[PRIVATE_AUX] = state[PRIVATE_AUX]
+        elif self.aux == "frozen":
+            opt[PRIVATE_AUX] = self.private_aux
         if self.ema_sources:
-            carry[EMA] = {e: ctx.global_params[s] for e, s in self.ema_sources.items()}
-        return carry
+            opt[EMA] = {e: ctx.global_params[s] for e, s in self.ema_sources.items()}
+        return opt
 
-    def local_step(
-        self, params: Params, batch: Batch, grad_fn: GradFn, carry: State, ctx: LocalContext
-    ) -> tuple[torch.Tensor, Params, State]:
-        private, ema = carry.get(PRIVATE_AUX, {}), carry.get(EMA, {})
+    def step(
+        self,
+        params: Params,
+        opt: State,
+        carry: State,
+        batch: Batch,
+        grad_fn: GradFn,
+        strategy: Strategy,
+        ctx: LocalContext,
+    ) -> tuple[torch.Tensor, Params, State, State]:
+        """The strategy's step on the federated params; the private nets and EMA copies beside it."""
+        private, ema = opt.get(PRIVATE_AUX, {}), opt.get(EMA, {})
         private_grads: Params = {}
 
         def federated_grad_fn(p: Params, b: Batch) -> tuple[torch.Tensor, Params]:
@@ -353,47 +341,18 @@ class LocalLearningStrategy(Strategy):
                 private_grads.setdefault(name, grads.pop(name))
             return loss, grads
 
-        loss, direction, inner_carry = self.inner.local_step(
-            params, batch, federated_grad_fn, self._own(carry), self._inner_ctx(ctx)
-        )
-        carry = dict(inner_carry)
+        loss, new_params, opt, carry = super().step(params, opt, carry, batch, federated_grad_fn, strategy, ctx)
         if private:
-            carry[PRIVATE_AUX] = tree.add(private, private_grads, -ctx.lr)
+            opt = {**opt, PRIVATE_AUX: tree.add(private, private_grads, -ctx.lr)}
         if ema:
             current = {e: params[s] for e, s in self.ema_sources.items()}
-            carry[EMA] = tree.lerp(ema, current, 1.0 - self.ema_momentum)
-        return loss, direction, carry
+            opt = {**opt, EMA: tree.lerp(ema, current, 1.0 - self.ema_momentum)}
+        return loss, new_params, opt, carry
 
-    def client_end(
-        self, params: Params, carry: State, ctx: LocalContext, summary: LocalSummary
-    ) -> tuple[State, State]:
-        upload, state = self.inner.client_end(params, self._own(carry), self._inner_ctx(ctx), summary)
-        if self.aux_mode == "local":
-            state = {**state, PRIVATE_AUX: carry[PRIVATE_AUX]}
-        return upload, state
-
-    def upload_weights(self, num_samples: int) -> dict[str, float]:
-        return self.inner.upload_weights(num_samples)
+    def end(self, params: Params, opt: State, state: State, summary: LocalSummary) -> State:
+        return {PRIVATE_AUX: opt[PRIVATE_AUX]} if self.aux == "local" else state
 
 
-def federate(strategy: Strategy, model: nn.Module, params: Params) -> tuple[Strategy, Params]:
-    """The strategy and the federated (global) params of a run.
-
-    An ordinary network: both unchanged. A `LocalLearningNet`: MAN's EMA copies, and with
-    `aux = "local" | "frozen"` the auxiliary nets, leave the params; `LocalLearningStrategy` then
-    wraps the strategy to keep them.
-    """
-    if not isinstance(model, LocalLearningNet):
-        return strategy, params
-    if isinstance(strategy, SemiSupervisedStrategy):
-        raise ConfigError(
-            f"client.local_learning does not combine with the semi-supervised strategy '{strategy.name}'"
-        )
-    cfg, ema = model.config, model.ema_sources()
-    private = {}
-    if cfg.aux != "federated":
-        private = {k: v for k, v in params.items() if k.startswith("aux.") and k not in ema}
-    federated = {k: v for k, v in params.items() if k not in ema and k not in private}
-    if not ema and not private:
-        return strategy, federated
-    return LocalLearningStrategy(strategy, cfg.aux, tree.clone(private), ema, cfg.ema_momentum), federated
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)

@@ -1,11 +1,12 @@
 """Semi-supervised local training: learn from a client's labelled samples and pseudo-label the rest.
 
-`SemiSupervisedStrategy` is what a pseudo-labelling strategy (FedLabel) implements: the pure
-tensor rule `pseudo_targets(local_probs, global_probs)`, which turns two experts' predictions on
-unlabelled samples into training targets, plus the schedule settings below.
-`train_semi_supervised_client` is the loop backends run for such a strategy. It reuses the plain
-loop's pieces (seeded labelled batches, the strategy's `local_step`, `apply_step`), so a client
-without unlabelled samples trains exactly as `train_client` would.
+`SemiSupervisedTrainer` is the client trainer a pseudo-labelling method (FedLabel,
+clients/fedlabel.py) subclasses: it implements the pure tensor rule
+`pseudo_targets(local_probs, global_probs)`, which turns two experts' predictions on unlabelled
+samples into training targets; the trainer's `train` runs the round. It reuses the plain loop's
+pieces (the scheduled labelled batches, `fedsim.trainer.LocalRun`: the strategy's `local_step` and
+the optimiser's `update`), so a client without unlabelled samples trains exactly as a backprop
+client would, and any server strategy aggregates the result.
 
 Targets are soft: row i weights each class in sample i's loss, and the objective is
 cross-entropy against it (`F.cross_entropy` with probability targets, -sum_c t_c log q_c per
@@ -21,7 +22,7 @@ Schedules (`schedule`):
   loss L_l + L_u; the model being trained is the local expert.
 
 Every client reports the pseudo-labelling events of its round (`diagnostics`); the engine scores
-them against the hidden labels with `pseudo_label_metrics`.
+them against the hidden labels with the trainer's `round_metrics` (`pseudo_label_metrics`).
 """
 
 from __future__ import annotations
@@ -29,16 +30,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from clients.trainer import ClientResult, LocalSchedule, apply_step, batch_indices
 from fedsim import seeding
-from fedsim.errors import ConfigError, TrainingDiverged
-from fedsim.strategy import Batch, GradFn, LocalContext, LocalSummary, Strategy
+from fedsim.errors import ConfigError
+from fedsim.local import ClientJob, ClientUpdate, LocalEnv
+from fedsim.schedule import batch_seeds, client_batches
+from fedsim.strategy import Batch
+from fedsim.trainer import ClientTrainer, LocalRun
 from fedsim.tree import Params
 
 SCHEDULES = ("sequential", "joint")
@@ -66,8 +70,8 @@ class PseudoLabels:
 
 
 @dataclass
-class SemiSupervisedStrategy(Strategy):
-    """A strategy whose clients also learn from unlabelled samples (server side: FedAvg).
+class SemiSupervisedTrainer(ClientTrainer):
+    """A client trainer that also learns from unlabelled samples, with any server strategy.
 
     `unlabelled_steps` is tau' of the sequential schedule; unlabelled batches hold
     `unlabelled_batch_ratio` times train.batch_size samples (mu of FixMatch). `augment`: `none`,
@@ -75,6 +79,9 @@ class SemiSupervisedStrategy(Strategy):
     `shift_flip` (adds horizontal flips of images). `sample_count`: the n_k that weighs a
     client in the server average, all its samples or only its labelled ones.
     """
+
+    vectorizes: ClassVar[bool] = False  # pseudo-labels between phases: one client at a time
+    metric_columns: ClassVar[tuple[str, ...]] = tuple(PSEUDO_LABEL_COLUMNS)
 
     schedule: str = "sequential"
     unlabelled_steps: int = 5
@@ -87,21 +94,27 @@ class SemiSupervisedStrategy(Strategy):
         require_choice("augment", self.augment, AUGMENTATIONS)
         require_choice("sample_count", self.sample_count, SAMPLE_COUNTS)
         if self.unlabelled_steps < 1:
-            raise ConfigError(f"strategy.unlabelled_steps must be >= 1, got {self.unlabelled_steps}")
+            raise ConfigError(f"trainer.unlabelled_steps must be >= 1, got {self.unlabelled_steps}")
         if self.unlabelled_batch_ratio < 1:
             raise ConfigError(
-                f"strategy.unlabelled_batch_ratio must be >= 1, got {self.unlabelled_batch_ratio}"
+                f"trainer.unlabelled_batch_ratio must be >= 1, got {self.unlabelled_batch_ratio}"
             )
 
     def pseudo_targets(self, local_probs: torch.Tensor, global_probs: torch.Tensor) -> PseudoLabels:
         """The unlabelled loss from the local and global experts' class probabilities [N, C]."""
         raise NotImplementedError
 
+    def train(self, job: ClientJob, env: LocalEnv) -> ClientUpdate:
+        return train_semi_supervised(self, job, env)
+
+    def round_metrics(self, reports: list, hidden_labels: list[torch.Tensor]) -> dict[str, float]:
+        return pseudo_label_metrics(reports, hidden_labels)
+
 
 def require_choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    """Raise a one-line ConfigError unless strategy option `key` is one of `options`."""
+    """Raise a one-line ConfigError unless trainer option `key` is one of `options`."""
     if value not in options:
-        raise ConfigError(f"strategy.{key} must be one of {', '.join(options)}; got {value!r}")
+        raise ConfigError(f"trainer.{key} must be one of {', '.join(options)}; got {value!r}")
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -143,28 +156,6 @@ def _shift(x: torch.Tensor, axis: int, max_shift: int, generator: torch.Generato
 # ----------------------------------------------------------------------------- the client loop
 
 
-class _LocalRun:
-    """The evolving local model of one client-round: params, momentum, carry, loss sum, step count."""
-
-    def __init__(self, strategy: Strategy, grad_fn: GradFn, ctx: LocalContext, schedule: LocalSchedule):
-        self.strategy, self.grad_fn, self.ctx, self.schedule = strategy, grad_fn, ctx, schedule
-        self.params: Params = ctx.global_params
-        self.velocity: Params | None = None
-        self.carry = strategy.client_begin(ctx)
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=next(iter(self.params.values())).device)
-        self.steps = 0
-
-    def step(self, batch: Batch) -> None:
-        loss, direction, self.carry = self.strategy.local_step(
-            self.params, batch, self.grad_fn, self.carry, self.ctx
-        )
-        self.params, self.velocity = apply_step(
-            self.params, direction, self.velocity, self.ctx.lr, self.schedule
-        )
-        self.loss_sum += loss.detach()
-        self.steps += 1
-
-
 @torch.no_grad()
 def _probabilities(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
     chunks = range(0, len(x), PREDICT_CHUNK)
@@ -172,7 +163,7 @@ def _probabilities(model: nn.Module, params: Params, x: torch.Tensor) -> torch.T
 
 
 def _pseudo_label(
-    strategy: SemiSupervisedStrategy,
+    trainer: SemiSupervisedTrainer,
     model: nn.Module,
     local_params: Params,
     global_params: Params,
@@ -185,7 +176,7 @@ def _pseudo_label(
         _probabilities(model, local_params, weak),
         _probabilities(model, global_params, weak),
     )
-    pseudo = strategy.pseudo_targets(local_probs, global_probs)
+    pseudo = trainer.pseudo_targets(local_probs, global_probs)
     events = {
         "index": index,
         "label": pseudo.labels,
@@ -205,70 +196,50 @@ def _joint_batch(labelled: Batch, unlabelled: Batch) -> Batch:
     return torch.cat([x, u]), torch.cat([one_hot * (total / len(x)), targets * (total / len(u))])
 
 
-def train_semi_supervised_client(
-    *,
-    client_id: int,
-    data: tuple[torch.Tensor, torch.Tensor],
-    unlabelled: torch.Tensor,
-    strategy: SemiSupervisedStrategy,
-    model: nn.Module,
-    grad_fn: GradFn,
-    ctx: LocalContext,
-    schedule: LocalSchedule,
-    seed: int,
-    round_: int,
-    work: float = 1.0,
-) -> tuple[ClientResult, dict[str, torch.Tensor]]:
-    """Train one client for one round on its labelled `data` and `unlabelled` inputs.
+def train_semi_supervised(trainer: SemiSupervisedTrainer, job: ClientJob, env: LocalEnv) -> ClientUpdate:
+    """Train one client for one round on its labelled data and its unlabelled inputs.
 
-    `model` only evaluates the experts (`functional_call` with their params). Labelled batches
-    use the plain loop's stream (seed, "shuffle", round, client); unlabelled batches and views
-    have their own, so the labelled part is the same as under `train_client`. Returns the
-    client's result and its pseudo-labelling events (empty without unlabelled samples).
+    `env.model` only evaluates the experts (`functional_call` with their params). Labelled
+    batches are the round's schedule (`job.batches`), as for a backprop client; unlabelled
+    batches and augmented views have streams of their own (seed, "unlabelled" / "augment",
+    round, client). Returns the client's update with its pseudo-labelling events as diagnostics
+    (empty without unlabelled samples).
     """
-    x, y = data
-    run = _LocalRun(strategy, grad_fn, ctx, schedule)
-    num_steps = schedule.num_steps(len(y), work)
-    shuffle = seeding.torch_generator(seed, "shuffle", round_, client_id)
-    labelled_batches = batch_indices(len(y), num_steps, schedule.batch_size, shuffle)
-    picks = seeding.torch_generator(seed, "unlabelled", round_, client_id)
+    (x, y), unlabelled, cid = job.data, job.unlabelled, job.client_id
+    run = LocalRun(trainer, job, env)
+    unlabelled_seed = int(batch_seeds(env.seed, "unlabelled", job.round, [cid])[0])
     view = partial(
-        augment, mode=strategy.augment, generator=seeding.torch_generator(seed, "augment", round_, client_id)
+        augment, mode=trainer.augment,
+        generator=seeding.torch_generator(env.seed, "augment", job.round, cid),
     )
-    unlabelled_batch = strategy.unlabelled_batch_ratio * schedule.batch_size
+    unlabelled_batch = trainer.unlabelled_batch_ratio * env.schedule.batch_size
     events = []
 
-    if strategy.schedule == "joint" and len(unlabelled):
-        unlabelled_batches = batch_indices(len(unlabelled), num_steps, unlabelled_batch, picks)
-        for idx, idx_u in zip(labelled_batches, unlabelled_batches):
+    if trainer.schedule == "joint" and len(unlabelled):
+        unlabelled_batches = client_batches(len(unlabelled), len(job.batches), unlabelled_batch, unlabelled_seed)
+        for idx, idx_u in zip(job.batches, unlabelled_batches):
             idx, idx_u = idx.to(x.device), idx_u.to(x.device)
             u = unlabelled[idx_u]
             weak = view(u, strong=False)
-            pseudo, report = _pseudo_label(strategy, model, run.params, ctx.global_params, weak, idx_u)
+            pseudo, report = _pseudo_label(trainer, env.model, run.params, job.global_params, weak, idx_u)
             run.step(_joint_batch((x[idx], y[idx]), (view(u, strong=True), pseudo.targets)))
             events.append(report)
     else:
-        for idx in labelled_batches:
+        for idx in job.batches:
             idx = idx.to(x.device)
             run.step((x[idx], y[idx]))
         if len(unlabelled):
             weak, everything = view(unlabelled, strong=False), torch.arange(len(unlabelled), device=x.device)
-            pseudo, report = _pseudo_label(strategy, model, run.params, ctx.global_params, weak, everything)
-            tau_prime = replace(schedule, steps=strategy.unlabelled_steps).num_steps(len(unlabelled), work)
-            for idx_u in batch_indices(len(unlabelled), tau_prime, unlabelled_batch, picks):
+            pseudo, report = _pseudo_label(trainer, env.model, run.params, job.global_params, weak, everything)
+            tau_prime = replace(env.schedule, steps=trainer.unlabelled_steps).num_steps(len(unlabelled), job.work)
+            for idx_u in client_batches(len(unlabelled), tau_prime, unlabelled_batch, unlabelled_seed):
                 idx_u = idx_u.to(x.device)
                 run.step((view(unlabelled[idx_u], strong=True), pseudo.targets[idx_u]))
             events.append(report)
 
-    mean_loss = float(run.loss_sum) / max(run.steps, 1)
-    if not math.isfinite(mean_loss):
-        raise TrainingDiverged(round_, client_id, mean_loss)
-    num_samples = len(y) + (len(unlabelled) if strategy.sample_count == "all" else 0)
-    summary = LocalSummary(num_steps=run.steps, num_samples=num_samples, lr=ctx.lr)
-    upload, client_state = strategy.client_end(run.params, run.carry, ctx, summary)
-    result = ClientResult(client_id, upload, client_state, num_samples, run.steps, mean_loss)
+    num_samples = len(y) + (len(unlabelled) if trainer.sample_count == "all" else 0)
     diagnostics = {k: torch.cat([e[k] for e in events]) for k in events[0]} if events else {}
-    return result, diagnostics
+    return run.finish(job, num_samples, diagnostics)
 
 
 # ----------------------------------------------------------------------------- diagnostics

@@ -69,29 +69,6 @@ class TrainConfig:
 
 
 @dataclass
-class LocalLearningConfig:
-    """Supervised local learning: train the network as K gradient-isolated blocks, each with its own
-    auxiliary loss, so only one block's activations are alive at a time (clients/local_learning.py)."""
-
-    method: str = "none"  # none | dgl | auglocal | man
-    blocks: int = 2  # K; the last block trains the network's own head
-    aux: str = "federated"  # federated | local | frozen: what happens to the auxiliary nets across rounds
-    depth: int = 2  # auglocal: later layers each auxiliary net copies (d)
-    pyramid_coeff: float = 0.5  # auglocal: depth falls linearly from d to d - c (d - 1) over the blocks
-    ema_momentum: float = 0.995  # man: EMA momentum of the copy of the next block's first layer
-    recon_weight: list[float] = field(default_factory=lambda: [5.0, 0.5])  # man: first -> last aux net
-    ce_weight: list[float] = field(default_factory=lambda: [0.5, 1.0])  # man: first -> last aux net
-
-
-@dataclass
-class ClientConfig:
-    """How clients compute their local updates."""
-
-    local_learning: LocalLearningConfig = field(default_factory=LocalLearningConfig)
-    track_memory: bool = False  # per-client peak activation bytes in metrics.csv (slows small models)
-
-
-@dataclass
 class EngineConfig:
     """Where local training runs."""
 
@@ -104,6 +81,7 @@ class EngineConfig:
     ray_address: str = ""  # ray: join this cluster (host:port of `ray start --head`); "" = a local instance
     max_retries: int = 2  # ray: times per round a dead actor is replaced and its share retried
     worker_backend: str = "serial"  # ray: how each actor trains its share: serial | vectorized | auto
+    track_memory: bool = False  # per-client peak activation bytes in metrics.csv (slows small models)
 
 
 @dataclass
@@ -115,7 +93,6 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    client: ClientConfig = field(default_factory=ClientConfig)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     trainer: dict[str, Any] = field(default_factory=lambda: {"name": "backprop"})
     engine: EngineConfig = field(default_factory=EngineConfig)

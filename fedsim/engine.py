@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,22 +18,18 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from clients.local_learning import build_training_model, federate
-from clients.memory import model_state_bytes
-from clients.semi_supervised import PSEUDO_LABEL_COLUMNS, SemiSupervisedStrategy, pseudo_label_metrics
-from clients.trainer import LocalSchedule
 from fedsim import seeding, tree
 from fedsim.backends import make_backend
-from fedsim.backends.base import RoundOutput, RoundPlan, Task
+from fedsim.backends.base import RoundOutput, RoundPlan
 from fedsim.client_state import ClientStateStore
 from fedsim.config import Config
-from fedsim.data import heterogeneity, load_dataset, partition_dataset
-from fedsim.data.labels import split_labels
-from fedsim.errors import ConfigError
-from fedsim.plugins import build_strategy
+from fedsim.data import heterogeneity
+from fedsim.federation import build_federation
+from fedsim.memory import model_state_bytes
 from fedsim.strategy import Aggregate, RoundInfo, State
+from fedsim.trainer import join_state
 from fedsim.tree import Params
-from fedsim.validate import resolve_device, validate
+from fedsim.validate import validate
 
 
 class Callback:
@@ -89,77 +84,22 @@ class Simulation:
         validate(config)
         self.config = config
         self.callbacks = list(callbacks)
-        self.strategy = build_strategy(config.strategy)
-        self.device = resolve_device(config.engine.device)
-        d = config.data
-        self.dataset = load_dataset(
-            d.dataset,
-            seed=config.seed,
-            num_clients=d.num_clients,
-            path=d.path,
-            test_fraction=d.test_fraction,
-            samples=d.samples,
-            synthetic_alpha=d.synthetic_alpha,
-            synthetic_beta=d.synthetic_beta,
-        )
-        self.partition = partition_dataset(
-            self.dataset.train,
-            d.partitioner,
-            num_clients=d.num_clients,
-            seed=config.seed,
-            alpha=d.alpha,
-            min_partition_size=d.min_partition_size,
-            classes_per_client=d.classes_per_client,
-            shards_per_client=d.shards_per_client,
-        )
-        x_train, self.y_train = self.dataset.tensors("train")
-        if any(len(idx) == 0 for idx in self.partition.indices):
-            raise ConfigError("the partition left a client without data; lower data.num_clients")
-        client_data = [(x_train[idx], self.y_train[idx]) for idx in map(torch.as_tensor, self.partition.indices)]
-        # backends get the labelled (x, y) and the unlabelled x; the unlabelled samples' true labels
-        # stay here, to score pseudo-labels (`diagnostic_columns` of metrics.csv)
-        client_data, unlabelled_data, self.hidden_labels = split_labels(
-            client_data, d.label_ratio, config.seed
-        )
-        semi_supervised = isinstance(self.strategy, SemiSupervisedStrategy)
-        self.diagnostic_columns = PSEUDO_LABEL_COLUMNS if semi_supervised else []
+        federation = build_federation(config)
+        self.strategy, self.trainer = federation.strategy, federation.trainer
+        self.task, self.device = federation.task, federation.task.device
+        self.dataset, self.partition = federation.dataset, federation.partition
+        self.train_labels, self.hidden_labels = federation.train_labels, federation.hidden_labels
+        self.model, self.params = federation.model, federation.params
+        self.diagnostic_columns = list(self.trainer.metric_columns)
         self.x_test, self.y_test = (t.to(self.device) for t in self.dataset.tensors("test"))
-        self.model = self._build_model().to(self.device)
-        self.params = tree.clone({k: v for k, v in self.model.named_parameters()})
-        # local learning: MAN's EMA copies and private auxiliary nets leave the federated params
-        self.strategy, self.params = federate(self.strategy, self.model, self.params)
         self.model_state_bytes = model_state_bytes(self.model, momentum=config.train.momentum > 0)
         self.server_state = self.strategy.init_server_state(self.params)
         self.client_states = ClientStateStore()
-        t = config.train
-        schedule = LocalSchedule(
-            epochs=t.local_epochs,
-            steps=t.local_steps,
-            batch_size=t.batch_size,
-            weight_decay=t.weight_decay,
-            momentum=t.momentum,
-            clip_norm=t.clip_norm,
-        )
-        model_fn = partial(
-            build_training_model, config.model, config.client.local_learning,
-            self.dataset.input_shape, self.dataset.num_classes, config.seed,
-        )
-        self.task = Task(
-            config.seed, model_fn, self.strategy, client_data, schedule, self.device, unlabelled_data,
-            track_memory=config.client.track_memory,
-        )
         self.history = History()
         self.round = 0
         self.backend = None
         self._wall_before = 0.0  # wall time of the rounds before a resume
         self._run_start: float | None = None
-
-    def _build_model(self) -> torch.nn.Module:
-        """The network clients train, with auxiliary nets under client.local_learning."""
-        return build_training_model(
-            self.config.model, self.config.client.local_learning,
-            self.dataset.input_shape, self.dataset.num_classes, self.config.seed,
-        )
 
     # ------------------------------------------------------------------ one round
     def sample_clients(self, round_: int) -> list[int]:
@@ -185,12 +125,16 @@ class Simulation:
         t = self.config.train
         return t.lr * t.lr_decay ** (round_ - 1)
 
+    def new_client_state(self) -> State:
+        """The state of a client that has never participated: the strategy's and the trainer's."""
+        return join_state(self.strategy.init_client_state(self.params), self.trainer.init_state(self.params))
+
     def plan_round(self, round_: int) -> RoundPlan:
         cohort = self.sample_clients(round_)
         states = {}
         for cid in cohort:
             state = self.client_states.get(cid)
-            states[cid] = state if state is not None else self.strategy.init_client_state(self.params)
+            states[cid] = state if state is not None else self.new_client_state()
         return RoundPlan(
             round=round_,
             lr=self.lr_at(round_),
@@ -290,7 +234,7 @@ class Simulation:
                         "peak_cuda_bytes": max(r.peak_cuda_bytes for r in output.reports),
                     }
                     if self.diagnostic_columns:
-                        record.update(pseudo_label_metrics(output.reports, self.hidden_labels))
+                        record.update(self.trainer.round_metrics(output.reports, self.hidden_labels))
                     self.history.records.append(record)
                     for cb in self.callbacks:
                         cb.on_round_end(self, record)
@@ -329,4 +273,4 @@ class Simulation:
         }
 
     def heterogeneity(self) -> dict[str, float]:
-        return heterogeneity(self.partition, self.y_train.numpy(), self.dataset.num_classes)
+        return heterogeneity(self.partition, self.train_labels, self.dataset.num_classes)

@@ -42,15 +42,14 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-from clients.semi_supervised import SemiSupervisedStrategy
-from clients.trainer import train_client
 from fedsim.aggregate import WeightedSum
 from fedsim.backends.base import Backend, ClientReport, RoundOutput, RoundPlan, Task
 from fedsim.backends.serial import SerialBackend
 from fedsim.config import Config, config_from_dict
 from fedsim.engine import Simulation
 from fedsim.errors import ConfigError, FedsimError
-from fedsim.strategy import LocalContext, State
+from fedsim.strategy import State
+from fedsim.trainer import join_state
 from fedsim.tree import Params
 
 BROADCAST, UPLOAD, STATE = "broadcast.", "upload.", "state."
@@ -102,29 +101,29 @@ def client_app(config_of: Callable[[Context], Config]) -> ClientApp:
         client_id = int(context.node_config["partition-id"])
         setup = content["config"]
         global_params = to_params(content["arrays"], task.device)
-        broadcast = from_records(content, BROADCAST, task.device)
         state = from_records(context.state, STATE, task.device)
-        state = state or task.strategy.init_client_state(global_params)  # a client's first round
+        if not state:  # a client's first round
+            state = join_state(task.strategy.init_client_state(global_params), task.trainer.init_state(global_params))
+        plan = RoundPlan(
+            round=int(setup["round"]),
+            lr=float(setup["lr"]),
+            global_params=global_params,
+            broadcast=from_records(content, BROADCAST, task.device),
+            client_ids=[client_id],
+            client_states={client_id: state},
+            work={client_id: float(setup["work"])},
+        )
         try:
-            result = train_client(
-                client_id=client_id,
-                data=backend.data[client_id],
-                strategy=task.strategy,
-                grad_fn=backend.grad_fn,
-                ctx=LocalContext(global_params, broadcast, state, float(setup["lr"])),
-                schedule=task.schedule,
-                seed=task.seed,
-                round_=int(setup["round"]),
-                work=float(setup["work"]),
-            )
+            [job] = backend.executor.jobs(plan, [client_id])
+            update = task.trainer.train(job, backend.executor.env)
         except FedsimError as err:  # e.g. a NaN loss: the server reports it in one line
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(err)), reply_to=msg)
-        for key, record in to_records(STATE, result.client_state).items():
+        for key, record in to_records(STATE, join_state(update.strategy_state, update.trainer_state)).items():
             context.state[key] = record
         metrics = MetricRecord(
-            {"num-examples": result.num_samples, "num-steps": result.num_steps, "train-loss": result.loss}
+            {"num-examples": update.num_samples, "num-steps": update.num_steps, "train-loss": update.loss}
         )
-        return Message(RecordDict({**to_records(UPLOAD, result.upload), "metrics": metrics}), reply_to=msg)
+        return Message(RecordDict({**to_records(UPLOAD, update.upload), "metrics": metrics}), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -148,11 +147,6 @@ class FlowerBackend(Backend):
 
     def __init__(self, task: Task) -> None:
         super().__init__(task)
-        if isinstance(task.strategy, SemiSupervisedStrategy):
-            raise ConfigError(
-                f"strategy '{task.strategy.name}' is semi-supervised; the flower backend cannot run it; "
-                "use engine.backend=serial"
-            )
         grid = _GRID.get()
         if grid is None:
             raise ConfigError(
@@ -204,7 +198,7 @@ class FlowerBackend(Backend):
 
     def run_round(self, plan: RoundPlan) -> RoundOutput:
         strategy, device = self.task.strategy, self.task.device
-        if self.rounds_run == 0 and plan.round > 1 and strategy.init_client_state(plan.global_params):
+        if self.rounds_run == 0 and plan.round > 1 and any(plan.client_states.values()):
             raise ConfigError(
                 f"cannot resume strategy '{strategy.name}' on engine.backend 'flower': its client states "
                 "live on the Flower clients, not in checkpoints"

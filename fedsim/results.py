@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from clients.local_learning import network_params
 from fedsim.data import partition_table
 from fedsim.engine import Callback, Simulation
 
@@ -35,7 +34,7 @@ class RunFolder(Callback):
     def on_run_start(self, sim: Simulation) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "config.toml").write_text(sim.config.to_toml())
-        table = partition_table(sim.partition, sim.y_train.numpy(), sim.dataset.num_classes)
+        table = partition_table(sim.partition, sim.train_labels, sim.dataset.num_classes)
         table.to_csv(self.path / "partition.csv", index=False)
         self.columns = METRIC_COLUMNS + sim.diagnostic_columns  # e.g. pseudo-label diagnostics
         with open(self.path / "metrics.csv", "w", newline="") as f:  # a resumed run restarts from its history
@@ -52,7 +51,7 @@ class RunFolder(Callback):
             return
         if error is None:
             # the ordinary network's weights: local learning's auxiliary nets are left out
-            weights = network_params(sim.model, sim.params)
+            weights = sim.trainer.network_params(sim.params)
             save_weights(self.path / WEIGHTS_FILE, weights, sim.config.model.name)
         # last: a summary saying "finished" marks a complete run folder (fedsim sweep skips those)
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -82,6 +82,19 @@ def plan_batches(
     return rows, lengths
 
 
+def cohort_batches(
+    schedule: LocalSchedule, seed: int, round_: int, client_ids: list[int], sizes: list[int], works: list[float]
+) -> list[list[torch.Tensor]]:
+    """Each client's batches of a round (index tensors into its own data), planned in one call."""
+    steps = np.array([schedule.num_steps(n, w) for n, w in zip(sizes, works)], dtype=np.int64)
+    rows, lengths = plan_batches(
+        np.asarray(sizes, dtype=np.int64), steps, np.zeros(len(sizes), dtype=np.int64),
+        batch_seeds(seed, "shuffle", round_, client_ids), schedule.batch_size,
+    )
+    rows = torch.from_numpy(rows)
+    return [[rows[i, t, :n] for t, n in enumerate(lengths[i, : steps[i]].tolist())] for i in range(len(sizes))]
+
+
 def client_batches(num_samples: int, num_steps: int, batch_size: int, seed: int) -> list[torch.Tensor]:
     """One client's `num_steps` batches, as index tensors into its own data, from batch seed `seed`."""
     rows, lengths = plan_batches(

@@ -7,8 +7,8 @@ Trainer and strategy compose: the strategy decides the descent direction of a st
 is uploaded; the trainer decides how gradients are taken, how the local optimiser steps, and
 what it keeps on the client between rounds.
 
-One client's round, as every executor runs it (`fedsim.local.train_client` one client at a
-time, the vectorized backend's vmapped ticks for a chunk of clients at once)::
+One client's round, as every executor runs it (`local_loop` one client at a time, the
+vectorized backend's vmapped ticks for a chunk of clients at once)::
 
     ctx   = LocalContext(global_params, broadcast, strategy_state, lr)
     opt   = trainer.begin(global_params, trainer_state, ctx)       # optimiser state of the round
@@ -29,6 +29,7 @@ A client's persistent state holds the strategy's groups (SCAFFOLD's `c`) and the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -36,8 +37,9 @@ import torch
 from torch import nn
 
 from fedsim import tree
+from fedsim.errors import TrainingDiverged
 from fedsim.gradients import Objective, autograd_grad_fn, functional_grad_fn
-from fedsim.local import ClientJob, ClientUpdate, LocalEnv, local_loop
+from fedsim.local import ClientJob, ClientUpdate, LocalEnv
 from fedsim.strategy import Batch, GradFn, LocalContext, LocalSummary, State, Strategy
 from fedsim.tree import Params
 
@@ -105,6 +107,11 @@ class ClientTrainer:
         shares (a trainer that keeps some on the client takes them out here)."""
         return params
 
+    def network_params(self, params: Params) -> Params:
+        """The params of the network `[model]` names (what `model.safetensors` holds), from the
+        global params (a trainer that adds auxiliary nets leaves them out)."""
+        return params
+
     def grad_fn(self, model: nn.Module, objective: Objective, functional: bool = False) -> GradFn:
         """`grad_fn(params, batch) -> (loss, grads)`; `functional=True`: one that composes with vmap."""
         build = functional_grad_fn if functional else autograd_grad_fn
@@ -151,3 +158,44 @@ class ClientTrainer:
     def round_metrics(self, reports: list, hidden_labels: list[torch.Tensor]) -> dict[str, float]:
         """Values of `metric_columns` for a round, from the clients' reports (diagnostics)."""
         return {}
+
+
+class LocalRun:
+    """The evolving local model of one client-round: params, optimiser state, carry, loss sum, steps."""
+
+    def __init__(self, trainer: ClientTrainer, job: ClientJob, env: LocalEnv) -> None:
+        self.trainer, self.env, self.ctx = trainer, env, job.context()
+        self.params: Params = job.global_params
+        self.opt = trainer.begin(job.global_params, job.trainer_state, self.ctx)
+        self.carry = env.strategy.client_begin(self.ctx)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=job.data[1].device)
+        self.steps = 0
+
+    def step(self, batch) -> None:
+        loss, self.params, self.opt, self.carry = self.trainer.step(
+            self.params, self.opt, self.carry, batch, self.env.grad_fn, self.env.strategy, self.ctx
+        )
+        self.loss_sum += loss.detach()
+        self.steps += 1
+
+    def finish(self, job: ClientJob, num_samples: int, diagnostics=None) -> ClientUpdate:
+        """The client's update; raises `TrainingDiverged` on a NaN or infinite mean loss."""
+        mean_loss = float(self.loss_sum) / max(self.steps, 1)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(job.round, job.client_id, mean_loss)
+        summary = LocalSummary(num_steps=self.steps, num_samples=num_samples, lr=job.lr)
+        upload, strategy_state = self.env.strategy.client_end(self.params, self.carry, self.ctx, summary)
+        trainer_state = self.trainer.end(self.params, self.opt, job.trainer_state, summary)
+        return ClientUpdate(
+            upload, strategy_state, trainer_state, num_samples, self.steps, mean_loss, diagnostics or {}
+        )
+
+
+def local_loop(trainer: ClientTrainer, job: ClientJob, env: LocalEnv) -> ClientUpdate:
+    """Train one client from the global params over its scheduled batches (`ClientTrainer.train`)."""
+    x, y = job.data
+    run = LocalRun(trainer, job, env)
+    for idx in job.batches:
+        idx = idx.to(x.device)
+        run.step((x[idx], y[idx]))
+    return run.finish(job, len(y))

@@ -1,10 +1,12 @@
-"""Arithmetic on parameter trees: `dict[str, Tensor]` keyed by parameter name.
+"""Arithmetic on parameter trees (`dict[str, Tensor]` keyed by parameter name), and on nests of them.
 
 Strategies write their client and server rules with these pure functions, so the same
 rule runs one client at a time or, under `torch.func.vmap`, a whole cohort at once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -50,3 +52,37 @@ def norm(a: Params) -> torch.Tensor:
 
 def to(a: Params, device: torch.device | str, dtype: torch.dtype | None = None) -> Params:
     return {k: v.to(device=device, dtype=dtype) for k, v in a.items()}
+
+
+# ---- nests: dicts and tuples of trees, e.g. (params, State) of a stacked chunk of clients
+
+
+def map_tensors(fn: Callable, *trees):
+    """`fn` over the tensors of equally shaped nests of dicts and tuples (params, States, tuples of them)."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: map_tensors(fn, *(t[k] for t in trees)) for k in first}
+    if isinstance(first, tuple):
+        return tuple(map_tensors(fn, *parts) for parts in zip(*trees))
+    return fn(*trees)
+
+
+def take(stacked, index):
+    """Row(s) `index` (an int, a slice or an index tensor) of every tensor in a nest of stacked tensors."""
+    return map_tensors(lambda t: t[index], stacked)
+
+
+def stack(nests: list):
+    """One nest of stacked tensors from per-client nests of the same shape (the inverse of `unstack`)."""
+    return map_tensors(lambda *ts: torch.stack(ts), *nests)
+
+
+def unstack(stacked, count: int) -> list:
+    """The `count` per-client nests of row views of a nest of stacked tensors."""
+    if isinstance(stacked, dict):
+        columns = {k: unstack(v, count) for k, v in stacked.items()}
+        return [{k: column[i] for k, column in columns.items()} for i in range(count)]
+    if isinstance(stacked, tuple):
+        columns = [unstack(v, count) for v in stacked]
+        return [tuple(column[i] for column in columns) for i in range(count)]
+    return list(stacked.unbind(0))

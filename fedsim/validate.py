@@ -6,11 +6,11 @@ import importlib.util
 
 import torch
 
-from clients.local_learning import AUX_MODES, METHODS
 from fedsim.backends import BACKENDS, WORKER_BACKENDS
 from fedsim.config import Config
 from fedsim.errors import ConfigError
 from fedsim.models import MODELS
+from fedsim.plugins import build_trainer
 
 
 def _require(ok: bool, message: str) -> None:
@@ -52,7 +52,7 @@ def validate(config: Config) -> None:
     )
     validate_ray(config)
     resolve_device(e.device)
-    validate_local_learning(config)
+    validate_trainer(config)
 
 
 def validate_ray(config: Config) -> None:
@@ -82,33 +82,15 @@ def validate_ray(config: Config) -> None:
         f"engine.gpus_per_worker={e.gpus_per_worker:g} needs engine.device=cuda (or auto on a GPU machine)",
     )
 
-def validate_local_learning(config: Config) -> None:
-    """Ranges of `client.local_learning`; whether K fits the model is checked when it is built."""
-    ll = config.client.local_learning
-    key = "client.local_learning"
-    _require(ll.method in METHODS, f"unknown {key}.method '{ll.method}'; choose one of: {', '.join(METHODS)}")
-    _require(ll.blocks >= 1, f"{key}.blocks must be >= 1, got {ll.blocks}")
-    _require(ll.aux in AUX_MODES, f"unknown {key}.aux '{ll.aux}'; choose one of: {', '.join(AUX_MODES)}")
-    _require(ll.depth >= 1, f"{key}.depth must be >= 1, got {ll.depth}")
-    _require(0 <= ll.pyramid_coeff <= 1, f"{key}.pyramid_coeff must be in [0, 1], got {ll.pyramid_coeff}")
-    _require(0 <= ll.ema_momentum <= 1, f"{key}.ema_momentum must be in [0, 1], got {ll.ema_momentum}")
-    for name in ("recon_weight", "ce_weight"):
-        pair = getattr(ll, name)
-        message = f"{key}.{name} must be [first, last] weights >= 0, got {pair}"
-        _require(len(pair) == 2 and min(pair) >= 0, message)
-    _require(
-        all(r + c > 0 for r, c in zip(ll.recon_weight, ll.ce_weight)),
-        f"{key}: recon_weight + ce_weight must be > 0 at both ends, or a block gets no gradient",
-    )
-    e = config.engine
-    _require(
-        ll.method == "none" or e.backend != "vectorized",
-        f"{key} runs on the serial, ray and flower backends, not vectorized; set engine.backend=serial",
-    )
-    _require(
-        ll.method == "none" or e.backend != "ray" or e.worker_backend == "serial",
-        f"{key} trains on Ray workers one client at a time; set engine.worker_backend=serial",
-    )
+def validate_trainer(config: Config) -> None:
+    """The `[trainer]` table's values; backends that train vmapped chunks need a trainer that vectorizes."""
+    trainer = build_trainer(config.trainer)
+    if trainer.vectorizes:
+        return
+    e, name = config.engine, trainer.name
+    refusal = f"trainer '{name}' trains one client at a time, which the vectorized backend cannot run"
+    _require(e.backend != "vectorized", f"{refusal}; set engine.backend=serial")
+    _require(e.backend != "ray" or e.worker_backend != "vectorized", f"{refusal}; set engine.worker_backend=serial")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,8 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from fedsim.config import load_config
+from fedsim.local import ClientJob, ClientUpdate, LocalEnv
+from fedsim.schedule import LocalSchedule, batch_seeds, client_batches
+from fedsim.strategy import LocalContext, Strategy
+from fedsim.trainer import ClientTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "quickstart.toml"
@@ -19,6 +24,35 @@ def small_config(*overrides: str):
     """The quickstart shrunk to a few seconds: 10 clients, 3 rounds, 1 local epoch."""
     base = ["data.num_clients=10", "train.rounds=3", "train.local_epochs=1", "engine.device=cpu"]
     return load_config(QUICKSTART, [*base, *overrides])
+
+
+def train_one(
+    strategy: Strategy,
+    grad_fn,
+    data: tuple[torch.Tensor, torch.Tensor],
+    ctx: LocalContext,
+    schedule: LocalSchedule,
+    *,
+    client_id: int = 0,
+    round_: int = 1,
+    seed: int = 0,
+    work: float = 1.0,
+    trainer: ClientTrainer | None = None,
+    trainer_state=None,
+    model=None,
+    unlabelled: torch.Tensor | None = None,
+) -> ClientUpdate:
+    """One client's round by hand, as the serial executor runs it (plain backprop by default)."""
+    x, y = data
+    steps = schedule.num_steps(len(y), work)
+    seeds = batch_seeds(seed, "shuffle", round_, [client_id])
+    job = ClientJob(
+        client_id, round_, ctx.lr, ctx.global_params, ctx.broadcast, ctx.client_state, trainer_state or {},
+        data, client_batches(len(y), steps, schedule.batch_size, int(seeds[0])),
+        unlabelled if unlabelled is not None else x[:0], work,
+    )
+    trainer = trainer or ClientTrainer()
+    return trainer.train(job, LocalEnv(strategy, model, grad_fn, schedule, seed))
 
 
 @pytest.fixture

@@ -14,23 +14,20 @@ import torch
 from typer.testing import CliRunner
 
 from benchmarks import fedlabel as fedlabel_benchmark
-from fedsim.gradients import autograd_grad_fn
-from clients.semi_supervised import (
-    PSEUDO_LABEL_COLUMNS,
-    augment,
-    pseudo_label_metrics,
-    train_semi_supervised_client,
-)
-from clients.trainer import LocalSchedule, train_client
+from clients.fedlabel import FedLabel
+from clients.semi_supervised import PSEUDO_LABEL_COLUMNS, augment, pseudo_label_metrics
+from fedsim.backends import make_backend
 from fedsim.backends.base import ClientReport
-from fedsim.backends.serial import train_cohort
 from fedsim.cli import app
 from fedsim.config import load_config
 from fedsim.data.labels import labelled_mask, split_labels
 from fedsim.engine import Simulation
 from fedsim.errors import ConfigError
-from fedsim.strategy import LocalContext
-from strategies.fedlabel import FedLabel
+from fedsim.gradients import autograd_grad_fn
+from fedsim.local import ClientJob, LocalEnv
+from fedsim.schedule import LocalSchedule, cohort_batches
+from fedsim.trainer import ClientTrainer
+from strategies.fedavg import FedAvg
 from tests.conftest import ROOT
 
 FEDLABEL_TOML = ROOT / "experiments" / "fedlabel.toml"
@@ -38,7 +35,7 @@ SMALL = [
     "data.num_clients=10",
     "train.rounds=2",
     "train.local_steps=2",
-    "strategy.unlabelled_steps=2",
+    "trainer.unlabelled_steps=2",
     "model.name=mlp",
     "engine.device=cpu",
 ]
@@ -92,14 +89,14 @@ def test_split_labels_per_client_keeps_order_and_partitions_each_client():
     [
         ("data.label_ratio=0", "data.label_ratio must be in (0, 1]"),
         ("data.label_ratio=1.5", "data.label_ratio must be in (0, 1]"),
-        ("strategy.confidence=margin", "strategy.confidence must be one of maxprob, entropy, variance"),
-        ("strategy.schedule=alternate", "strategy.schedule must be one of sequential, joint"),
-        ("strategy.expert=both", "strategy.expert must be one of select, local, global"),
-        ("strategy.lambda_mode=linear", "strategy.lambda_mode must be one of ratio, const"),
-        ("strategy.beta=1.2", "strategy.beta must be in [0, 1]"),
-        ("strategy.lambda_0=-1", "strategy.lambda_0 must be >= 0"),
-        ("strategy.unlabelled_steps=0", "strategy.unlabelled_steps must be >= 1"),
-        ("strategy.augment=mixup", "strategy.augment must be one of none, shift, shift_flip"),
+        ("trainer.confidence=margin", "trainer.confidence must be one of maxprob, entropy, variance"),
+        ("trainer.schedule=alternate", "trainer.schedule must be one of sequential, joint"),
+        ("trainer.expert=both", "trainer.expert must be one of select, local, global"),
+        ("trainer.lambda_mode=linear", "trainer.lambda_mode must be one of ratio, const"),
+        ("trainer.beta=1.2", "trainer.beta must be in [0, 1]"),
+        ("trainer.lambda_0=-1", "trainer.lambda_0 must be >= 0"),
+        ("trainer.unlabelled_steps=0", "trainer.unlabelled_steps must be >= 1"),
+        ("trainer.augment=mixup", "trainer.augment must be one of none, shift, shift_flip"),
     ],
 )
 def test_each_mistake_is_one_config_error(override, fragment):
@@ -113,25 +110,26 @@ def test_each_mistake_is_one_config_error(override, fragment):
 
 @pytest.mark.parametrize("schedule", ["sequential", "joint"])
 def test_full_labels_leave_the_unlabelled_path_empty_and_equal_fedavg(schedule):
-    fedlabel = run(fedlabel_config("data.label_ratio=1", f"strategy.schedule={schedule}", "strategy.beta=0"))
-    fedavg = run(fedlabel_config("data.label_ratio=1", "strategy={name='fedavg'}"))
+    fedlabel = run(fedlabel_config("data.label_ratio=1", f"trainer.schedule={schedule}", "trainer.beta=0"))
+    fedavg = run(fedlabel_config("data.label_ratio=1", "trainer={name='backprop'}"))
     assert all(len(u) == 0 for u in fedlabel.task.unlabelled_data)
     assert same_weights(fedlabel, fedavg)
     record = fedlabel.history.records[-1]
     assert all(math.isnan(record[c]) for c in PSEUDO_LABEL_COLUMNS)
 
 
-def test_ordinary_strategies_train_on_the_labelled_samples_only():
-    sim = Simulation(fedlabel_config("data.label_ratio=0.2", "strategy={name='scaffold'}"))
+def test_ordinary_trainers_train_on_the_labelled_samples_only():
+    ordinary = ("trainer={name='backprop'}", "strategy.name=scaffold")
+    sim = Simulation(fedlabel_config("data.label_ratio=0.2", *ordinary))
     sizes = [len(y) for _, y in sim.task.client_data]
-    assert sum(sizes) + sum(map(len, sim.task.unlabelled_data)) == len(sim.y_train)
-    assert sum(sizes) < 0.25 * len(sim.y_train)
+    assert sum(sizes) + sum(map(len, sim.task.unlabelled_data)) == len(sim.train_labels)
+    assert sum(sizes) < 0.25 * len(sim.train_labels)
     sim.run()
     assert "pseudo_coverage" not in sim.history.records[-1]
 
 
 def test_hidden_labels_never_reach_training():
-    config = fedlabel_config("data.label_ratio=0.2", "strategy.beta=0.2")
+    config = fedlabel_config("data.label_ratio=0.2", "trainer.beta=0.2")
     honest = run(config)
 
     def shuffled(labels):
@@ -222,24 +220,25 @@ def test_consistency_term_only_where_kept_and_agreeing_and_lambda_0_zero_removes
 TINY_SCHEDULE = LocalSchedule(epochs=1, steps=3, batch_size=4)
 
 
-def train_tiny(strategy):
-    """One client of a linear 4 -> 3 model with 6 labelled and 12 unlabelled samples, trained for a
-    round by the semi-supervised loop and, for reference, by the plain loop on the labelled part."""
+def train_tiny(trainer):
+    """One FedAvg client of a linear 4 -> 3 model with 6 labelled and 12 unlabelled samples, trained
+    for a round by the semi-supervised trainer and, for reference, by plain backprop on the labelled
+    part. Returns both updates and the semi-supervised one's pseudo-labelling events."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(18, 4, generator=gen)
     model = torch.nn.Linear(4, 3)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
-    client = {
-        "client_id": 0,
-        "data": (x[:6], torch.arange(6) % 3),
-        "strategy": strategy,
-        "grad_fn": autograd_grad_fn(model, strategy.objective),
-        "ctx": LocalContext(params, {}, {}, lr=0.5),
-        "schedule": TINY_SCHEDULE,
-        "seed": 0,
-        "round_": 1,
-    }
-    return train_semi_supervised_client(**client, unlabelled=x[6:], model=model), train_client(**client)
+    strategy = FedAvg()
+    env = LocalEnv(strategy, model, autograd_grad_fn(model, strategy.objective), TINY_SCHEDULE, seed=0)
+    labelled = (x[:6], torch.arange(6) % 3)
+    batches = cohort_batches(TINY_SCHEDULE, 0, 1, [0], [6], [1.0])[0]
+    job = ClientJob(
+        client_id=0, round=1, lr=0.5, global_params=params, broadcast={},
+        strategy_state=strategy.init_client_state(params), trainer_state={},
+        data=labelled, batches=batches, unlabelled=x[6:],
+    )
+    update = trainer.train(job, env)
+    return (update, update.diagnostics), ClientTrainer().train(job, env)
 
 
 def test_nothing_kept_and_no_consistency_leaves_the_labelled_result():
@@ -309,11 +308,13 @@ def test_pseudo_label_metrics_score_events_against_hidden_labels():
     )
 
 
-def test_a_backend_that_passes_no_model_cannot_run_a_semi_supervised_strategy():
+def test_a_backend_that_cannot_run_a_semi_supervised_trainer_refuses_it_in_one_line():
     sim = Simulation(fedlabel_config("data.label_ratio=0.5"))
-    plan = sim.plan_round(1)
-    with pytest.raises(ConfigError, match="semi-supervised"):
-        train_cohort(sim.task, None, sim.task.client_data, plan, plan.client_ids)
+    with pytest.raises(ConfigError, match="trainer 'fedlabel' trains one client at a time") as err:
+        make_backend("vectorized", sim.task)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="set engine.backend=serial"):
+        Simulation(fedlabel_config("data.label_ratio=0.5", "engine.backend=vectorized"))
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -8,25 +8,26 @@ from torch import nn
 from typer.testing import CliRunner
 
 from clients.aux_nets import ManAux, auglocal_layers, man_weight, pyramid_depths
-from fedsim.gradients import autograd_grad_fn
 from clients.local_learning import (
+    EMA,
     PRIVATE_AUX,
+    LocalLearning,
     LocalLearningNet,
-    LocalLearningStrategy,
-    build_training_model,
     local_learning_grad_fn,
     split_layers,
 )
-from clients.memory import MemoryMeter, model_state_bytes
 from fedsim.backends import make_backend
 from fedsim.backends.serial import SerialBackend
 from fedsim.cli import app
 from fedsim.config import load_config
 from fedsim.engine import Simulation
 from fedsim.errors import ConfigError
+from fedsim.gradients import autograd_grad_fn
+from fedsim.memory import MemoryMeter, model_state_bytes
 from fedsim.models import build_model
 from fedsim.results import load_weights
 from fedsim.strategy import LocalContext
+from fedsim.trainer import split_state
 from fedsim.validate import validate
 from strategies.fedavg import FedAvg
 from tests.conftest import QUICKSTART, small_config
@@ -37,22 +38,18 @@ TINY = [
     "train.rounds=2",
     "train.local_steps=2",
     "model.hidden=[16,16]",
-    "client.local_learning.blocks=2",
+    "trainer.name=local_learning",
+    "trainer.blocks=2",
     "engine.device=cpu",
 ]
 
 
-def _model(name: str, shape, method: str, blocks: int, *extra: str) -> LocalLearningNet:
-    c = load_config(
-        None,
-        [
-            f"model.name={name}",
-            *extra,
-            f"client.local_learning.method={method}",
-            f"client.local_learning.blocks={blocks}",
-        ],
-    )
-    return build_training_model(c.model, c.client.local_learning, shape, 10, seed=0)
+def _model(name: str, shape, method: str, blocks: int, *extra: str, **options) -> LocalLearningNet:
+    """The `model.name` network (`extra`: model overrides) as `LocalLearning(method, blocks, **options)`
+    trains it."""
+    c = load_config(None, [f"model.name={name}", *extra])
+    trainer = LocalLearning(method=method, blocks=blocks, **options)
+    return trainer.build_model(build_model(c.model, shape, 10, seed=0), shape, 10, seed=0)
 
 
 def _params(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -121,7 +118,7 @@ def test_local_learning_composes_with_a_strategy_that_calls_grad_fn_twice():
         *TINY,
         "train.rounds=4",
         "train.local_steps=5",
-        "client.local_learning.method=auglocal",
+        "trainer.method=auglocal",
         "strategy.name=fedspeed",
     )
     sim = Simulation(config)
@@ -144,7 +141,7 @@ def test_auglocal_samples_layers_and_depths_as_the_reference():
 
 
 def test_auglocal_aux_nets_are_fresh_copies_of_later_layers():
-    model = _model("resnet32_gn", (3, 8, 8), "auglocal", 16, "client.local_learning.pyramid_coeff=0")
+    model = _model("resnet32_gn", (3, 8, 8), "auglocal", 16, pyramid_coeff=0.0)
     layers = model.aux[0].net
     assert len(layers) == 3  # layers 8 and 15, then the linear head
     fresh, real = layers[0][0], model.backbone[2 + 8]  # layer 8: the 3rd residual block of stage 2
@@ -167,27 +164,30 @@ def test_man_ema_copies_start_from_the_real_layer_and_weights_use_the_module_ind
 
 
 def test_man_ema_resets_from_the_global_model_and_follows_the_layer():
-    model = _model("mlp", (1, 8, 8), "man", 2, "model.hidden=[16,16]")
-    sources = model.ema_sources()
-    params = {k: v for k, v in _params(model).items() if k not in sources}
-    strategy = LocalLearningStrategy(FedAvg(), "federated", {}, sources, ema_momentum=0.9)
-    ctx = LocalContext(params, {}, {}, lr=0.1)
-    carry = strategy.client_begin(ctx)
-    ema = carry["local_learning_ema"]
+    trainer = LocalLearning(method="man", blocks=2, ema_momentum=0.9)
+    c = load_config(None, ["model.name=mlp", "model.hidden=[16,16]"])
+    model = trainer.build_model(build_model(c.model, (1, 8, 8), 10, seed=0), (1, 8, 8), 10, seed=0)
+    params = trainer.prepare(model, _params(model))
+    sources = trainer.ema_sources
+    assert sources and not any(k in params for k in sources)
+    strategy, ctx = FedAvg(), LocalContext(params, {}, {}, lr=0.1)
+    opt = trainer.begin(params, trainer.init_state(params), ctx)
+    ema = opt[EMA]
     assert all(torch.equal(ema[e], params[s]) for e, s in sources.items())
     moved = {k: v + 1.0 for k, v in params.items()}
-    _, direction, carry = strategy.local_step(
-        moved, _batch((1, 8, 8)), local_learning_grad_fn(model, F.cross_entropy), carry, ctx
+    grad_fn = local_learning_grad_fn(model, F.cross_entropy)
+    _, stepped, opt, _ = trainer.step(
+        moved, opt, strategy.client_begin(ctx), _batch((1, 8, 8)), grad_fn, strategy, ctx
     )
-    assert not any(k in direction for k in sources)
-    assert all(torch.allclose(carry["local_learning_ema"][e], params[s] + 0.1) for e, s in sources.items())
+    assert stepped.keys() == params.keys()  # the EMA copies take no step of their own
+    assert all(torch.allclose(opt[EMA][e], params[s] + 0.1) for e, s in sources.items())
 
 
 # ---------------------------------------------------------------------- what is federated
 
 
 def _one_round(*overrides: str):
-    sim = Simulation(small_config(*TINY, "client.local_learning.method=dgl", *overrides))
+    sim = Simulation(small_config(*TINY, "trainer.method=dgl", *overrides))
     plan = sim.plan_round(1)
     return sim, plan, SerialBackend(sim.task).run_round(plan)
 
@@ -202,25 +202,23 @@ def test_federated_aux_nets_are_averaged_like_the_backbone():
 
 
 def test_local_aux_nets_stay_on_each_client_and_are_never_uploaded():
-    sim, plan, output = _one_round("client.local_learning.aux=local")
+    sim, plan, output = _one_round("trainer.aux=local")
     assert not any(k.startswith("aux.") for k in sim.params)
     assert not any(k.startswith("aux.") for k in output.total.sums["delta"])
-    kept = [output.client_states[cid][PRIVATE_AUX] for cid in plan.client_ids]
+    kept = [split_state(output.client_states[cid])[1][PRIVATE_AUX] for cid in plan.client_ids]
     name = next(iter(kept[0]))
     assert not torch.equal(kept[0][name], kept[1][name])
     sim.apply_round(plan, output)
-    again = sim.plan_round(2).client_states[plan.client_ids[0]][PRIVATE_AUX]
+    again = split_state(sim.plan_round(2).client_states[plan.client_ids[0]])[1][PRIVATE_AUX]
     assert torch.equal(again[name], kept[0][name])  # the next round starts from the client's own
 
 
-def test_frozen_aux_nets_are_sent_but_never_change():
-    sim = Simulation(
-        small_config(*TINY, "client.local_learning.method=dgl", "client.local_learning.aux=frozen")
-    )
+def test_frozen_aux_nets_are_shared_but_never_change():
+    sim = Simulation(small_config(*TINY, "trainer.method=dgl", "trainer.aux=frozen"))
     initial = {k: v.detach().clone() for k, v in sim.model.named_parameters() if k.startswith("aux.")}
     sim.run()
     assert not any(k.startswith("aux.") for k in sim.params)
-    frozen = sim.server_state[PRIVATE_AUX]
+    frozen = sim.trainer.private_aux
     assert frozen.keys() == initial.keys() and all(torch.equal(frozen[k], initial[k]) for k in initial)
     assert len(sim.client_states) == 0  # FedAvg clients stay stateless
 
@@ -261,9 +259,9 @@ def test_activation_peak_falls_as_blocks_grow(method):
 def test_cli_runs_each_method_and_saves_the_ordinary_network(method, strategy, tmp_path):
     overrides = [
         *TINY,
-        f"client.local_learning.method={method}",
+        f"trainer.method={method}",
         f"strategy.name={strategy}",
-        "client.track_memory=true",
+        "engine.track_memory=true",
     ]
     args = ["run", str(QUICKSTART), "--quiet", "--out", str(tmp_path)]
     result = CliRunner().invoke(app, [*args, *(a for o in overrides for a in ("--set", o))])
@@ -276,7 +274,7 @@ def test_cli_runs_each_method_and_saves_the_ordinary_network(method, strategy, t
 
 
 def test_memory_is_not_metered_unless_asked():
-    sim = Simulation(small_config(*TINY, "client.local_learning.method=dgl"))
+    sim = Simulation(small_config(*TINY, "trainer.method=dgl"))
     sim.run()
     assert sim.history.records[-1]["peak_activation_bytes"] == 0
 
@@ -287,25 +285,26 @@ def test_memory_is_not_metered_unless_asked():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["client.local_learning.method=infopro"], "unknown client.local_learning.method 'infopro'"),
-        (["client.local_learning.aux=shared"], "unknown client.local_learning.aux 'shared'"),
-        (["client.local_learning.blocks=0"], "blocks must be >= 1"),
-        (["client.local_learning.ema_momentum=2"], "ema_momentum must be in \\[0, 1\\]"),
-        (["client.local_learning.recon_weight=[1]"], "recon_weight must be \\[first, last\\] weights >= 0"),
+        (["trainer.method=infopro"], "unknown trainer.method 'infopro'"),
+        (["trainer.aux=shared"], "unknown trainer.aux 'shared'"),
+        (["trainer.blocks=0"], "blocks must be >= 1"),
+        (["trainer.ema_momentum=2"], "ema_momentum must be in \\[0, 1\\]"),
+        (["trainer.recon_weight=[1]"], "recon_weight must be \\[first, last\\] weights >= 0"),
         (
-            ["client.local_learning.recon_weight=[0,1]", "client.local_learning.ce_weight=[0,1]"],
+            ["trainer.recon_weight=[0,1]", "trainer.ce_weight=[0,1]"],
             "recon_weight \\+ ce_weight must be > 0",
         ),
-        (["engine.backend=vectorized"], "runs on the serial, ray and flower backends"),
+        (["engine.backend=vectorized"], "vectorized backend cannot run; set engine.backend=serial"),
     ],
 )
 def test_bad_settings_fail_validation(overrides, message):
+    base = ["trainer.name=local_learning", "trainer.method=dgl", "engine.device=cpu"]
     with pytest.raises(ConfigError, match=message):
-        validate(load_config(QUICKSTART, ["client.local_learning.method=dgl", *overrides]))
+        validate(load_config(QUICKSTART, [*base, *overrides]))
 
 
 def test_auto_backend_takes_serial_for_local_learning():
-    sim = Simulation(small_config(*TINY, "client.local_learning.method=dgl", "engine.backend=auto"))
+    sim = Simulation(small_config(*TINY, "trainer.method=dgl", "engine.backend=auto"))
     assert isinstance(make_backend("auto", sim.task), SerialBackend)
 
 
@@ -319,13 +318,14 @@ def test_a_model_without_a_split_is_refused():
 def test_more_blocks_than_layers_is_one_line_and_exit_2(tmp_path):
     overrides = [
         "model.hidden=[16,16]",
-        "client.local_learning.method=auglocal",
-        "client.local_learning.blocks=3",
+        "trainer.name=local_learning",
+        "trainer.method=auglocal",
+        "trainer.blocks=3",
     ]
     args = ["run", str(QUICKSTART), "--out", str(tmp_path), *(a for o in overrides for a in ("--set", o))]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "blocks=3 but model 'mlp' splits into only 2 layer(s)" in lines[0], (
+    assert len(lines) == 1 and "trainer.blocks=3 but the model splits into only 2 layer(s)" in lines[0], (
         result.stderr
     )

@@ -116,7 +116,7 @@ def test_bad_ray_settings_are_one_line(override, message):
 
 
 def test_local_learning_on_vectorized_ray_workers_is_one_line():
-    overrides = ("engine.backend=ray", "engine.worker_backend=vectorized", "client.local_learning.method=dgl")
+    overrides = ("engine.backend=ray", "engine.worker_backend=vectorized", "trainer.name=local_learning")
     with pytest.raises(ConfigError, match="set engine.worker_backend=serial") as err:
         Simulation(small_config(*overrides))
     assert "\n" not in str(err.value)
@@ -144,8 +144,8 @@ def test_vectorized_workers_match_serial_up_to_float_rounding(cluster, strategy)
 
 
 def test_vectorized_workers_refuse_what_the_vectorized_backend_refuses_in_one_line(cluster):
-    overrides = ("strategy.name=fedlabel", "data.label_ratio=0.5", *on_ray(cluster, "1", "1"))
-    with pytest.raises(ConfigError, match="semi-supervised.*use engine.worker_backend=serial") as err:
+    overrides = ("trainer.name=fedlabel", "data.label_ratio=0.5", *on_ray(cluster, "1", "1"))
+    with pytest.raises(ConfigError, match="trains one client at a time.*set engine.worker_backend=serial") as err:
         run((*QUICKSTART_SHORT, *overrides, "engine.worker_backend=vectorized"))
     assert "\n" not in str(err.value)
 

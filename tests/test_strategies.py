@@ -14,13 +14,14 @@ from torch import nn
 from torch.func import vmap
 
 from fedsim.gradients import autograd_grad_fn, functional_grad_fn
-from clients.trainer import LocalSchedule, train_client
 from fedsim import tree
 from fedsim.aggregate import WeightedSum
 from fedsim.engine import Callback, Simulation
 from fedsim.errors import ConfigError
+from fedsim.schedule import LocalSchedule
 from fedsim.strategy import Aggregate, LocalContext, LocalSummary, RoundInfo
 from strategies.fedavg import FedAvg
+from tests.conftest import train_one
 from strategies.fedavg_m import FedAvgMomentum
 from strategies.fedavgm import FedAvgM
 from strategies.fedld import FedLD, revise_updates
@@ -53,8 +54,7 @@ def run_round(strategy, params, server_state, clients, *, steps, num_clients=Non
     total, uploads, results = WeightedSum(), [], {}
     for cid, (data, state) in clients.items():
         ctx = LocalContext(params, broadcast, state, lr)
-        result = train_client(client_id=cid, data=data, strategy=strategy, grad_fn=grad_fn, ctx=ctx,
-                              schedule=schedule, seed=0, round_=round_)
+        result = train_one(strategy, grad_fn, data, ctx, schedule, client_id=cid, round_=round_)
         total.add(result.upload, strategy.upload_weights(result.num_samples))
         uploads.append(result.upload)
         results[cid] = result
@@ -148,7 +148,7 @@ def test_scaffold_round_matches_hand_computation_with_partial_participation():
         w_star = abar[cid].double() + c_i[cid]["w"] - c["w"]
         y = w_star + (1 - LR) ** steps * (x0["w"] - w_star)
         c_new = c_i[cid]["w"] - c["w"] + (x0["w"] - y) / (steps * LR)
-        torch.testing.assert_close(res[cid].client_state["c"]["w"], c_new)
+        torch.testing.assert_close(res[cid].strategy_state["c"]["w"], c_new)
         deltas.append(x0["w"] - y)
         dcs.append(c_new - c_i[cid]["w"])
     torch.testing.assert_close(x1["w"], x0["w"] - 0.5 * (deltas[0] + deltas[1]) / 2)
@@ -164,7 +164,7 @@ def test_scaffold_uses_the_real_step_count_and_round_lr():
                               steps=steps, lr=lr)
         # with c = c_i = 0 the new c_i is the mean gradient along the trajectory
         traj = [1.0 * (1 - lr) ** k for k in range(steps)]
-        torch.testing.assert_close(res[0].client_state["c"]["w"], torch.tensor([sum(traj) / steps], dtype=torch.float64))
+        torch.testing.assert_close(res[0].strategy_state["c"]["w"], torch.tensor([sum(traj) / steps], dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------- FedAvg-M / SCAFFOLD-M
@@ -220,7 +220,7 @@ def test_scaffold_m_round_matches_a_hand_loop():
             raw.append(grad)
             y = y - LR * (beta * (grad - c_i[cid]["w"] + c["w"]) + (1 - beta) * g["w"])
         c_new = sum(raw) / steps
-        torch.testing.assert_close(res[cid].client_state["c"]["w"], c_new)
+        torch.testing.assert_close(res[cid].strategy_state["c"]["w"], c_new)
         gs.append((x0["w"] - y) / (LR * steps))
         dcs.append(c_new - c_i[cid]["w"])
     g_new = (gs[0] + gs[1]) / 2
@@ -254,7 +254,7 @@ def test_fedspeed_paper_round_matches_hand_computation():
         # g2 = grad(w + rho g1) = (1 + rho) g1 on a quadratic; g~ = (1 - alpha) g1 + alpha g2
         y, ghat_new = fedspeed_client_by_hand(x0["w"], abar[cid], ghat[cid]["w"], lam, steps,
                                               lambda g1: (1 + alpha * rho) * g1)
-        torch.testing.assert_close(res[cid].client_state["ghat"]["w"], ghat_new)
+        torch.testing.assert_close(res[cid].strategy_state["ghat"]["w"], ghat_new)
         xhats.append(y - lam * ghat_new)
     torch.testing.assert_close(x1["w"], (xhats[0] + xhats[1]) / 2)
 
@@ -274,7 +274,7 @@ def test_fedspeed_fl_simulator_round_averages_h_over_all_clients():
         # normalised ascent, no alpha merge: g2 = g1 (1 + rho / ||g1||)
         y, ghat_new = fedspeed_client_by_hand(x0["w"], abar[cid], ghat[cid]["w"], lam, steps,
                                               lambda g1: g1 * (1 + rho / g1.norm()))
-        torch.testing.assert_close(res[cid].client_state["ghat"]["w"], ghat_new)
+        torch.testing.assert_close(res[cid].strategy_state["ghat"]["w"], ghat_new)
         ys.append(y)
         h_new = h_new - lam * ghat_new
     torch.testing.assert_close(state["h_sum"]["w"], h_new)
@@ -374,7 +374,7 @@ def run_rounds(strategy, clients, rounds, *, num_clients=None, cohorts=None, ste
         params, server_state, res = run_round(strategy, params, server_state, data, steps=steps, round_=r,
                                               num_clients=num_clients or len(clients), grad_fn=grad_fn,
                                               batch_size=batch_size)
-        states.update({cid: result.client_state for cid, result in res.items()})
+        states.update({cid: result.strategy_state for cid, result in res.items()})
     return params, server_state, states
 
 

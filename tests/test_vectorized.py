@@ -11,19 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clients.semi_supervised import SemiSupervisedStrategy
-from clients.trainer import LocalSchedule, batch_indices
-from clients.vectorized import is_sample_mean, plan_batches
 from fedsim import tree
 from fedsim.backends import make_backend
 from fedsim.backends.base import Task
+from fedsim.backends.chunk import is_sample_mean
 from fedsim.backends.serial import SerialBackend
 from fedsim.backends.vectorized import VectorizedBackend, auto_backend, keep_freed_memory
 from fedsim.config import load_config
 from fedsim.engine import Simulation
 from fedsim.errors import ConfigError, TrainingDiverged
-from fedsim.plugins import available_strategies, strategy_class
-from fedsim.seeding import derive_seeds, torch_generator
+from fedsim.plugins import available_strategies, available_trainers, strategy_class, trainer_class
+from fedsim.schedule import LocalSchedule
+from fedsim.trainer import ClientTrainer
 from fedsim.validate import validate
 from strategies.fedavg import FedAvg
 from strategies.fedld import FedLD
@@ -68,13 +67,21 @@ def assert_close_relative(got: dict, want: dict, tolerance: float = 1e-5) -> Non
 
 
 @pytest.mark.parametrize("name", sorted(available_strategies()))
-def test_every_strategy_matches_serial_or_is_refused(name):
-    if issubclass(strategy_class(name), SemiSupervisedStrategy):
-        with pytest.raises(ConfigError, match="use engine.backend=serial"):
-            Simulation(config(f"strategy.name={name}", "engine.backend=vectorized")).run()
-        return
+def test_every_strategy_matches_serial(name):
     serial = final_params(f"strategy.name={name}")
     vectorized = final_params(f"strategy.name={name}", "engine.backend=vectorized")
+    assert_close_relative(vectorized, serial)
+
+
+@pytest.mark.parametrize("name", sorted(available_trainers()))
+def test_every_trainer_matches_serial_or_is_refused_before_any_work(name):
+    overrides = [f"trainer.name={name}", "data.label_ratio=0.5", "model.name=cnn", "model.channels=[8,8]"]
+    if not trainer_class(name).vectorizes:
+        with pytest.raises(ConfigError, match="one client at a time.*set engine.backend=serial"):
+            validate(config(*overrides, "engine.backend=vectorized"))
+        return
+    serial = final_params(*overrides)
+    vectorized = final_params(*overrides, "engine.backend=vectorized")
     assert_close_relative(vectorized, serial)
 
 
@@ -115,11 +122,11 @@ def test_client_end_is_one_vmapped_call_or_runs_per_group_of_equal_counts():
     sim = Simulation(config(name))
     backend = VectorizedBackend(sim.task)
     run_rounds(sim, backend, rounds=1)
-    assert not backend.trainer.tensor_summaries  # the branch failed under vmap once: groups from then on
+    assert not backend.executor.tensor_summaries  # the branch failed under vmap once: groups from then on
     sim = Simulation(config("strategy.name=scaffold"))  # divides by the step count: tensors serve
     backend = VectorizedBackend(sim.task)
     run_rounds(sim, backend, rounds=1)
-    assert backend.trainer.tensor_summaries
+    assert backend.executor.tensor_summaries
 
 
 def test_chunks_give_the_result_of_one_chunk():
@@ -130,21 +137,6 @@ def test_chunks_give_the_result_of_one_chunk():
     whole = params(0)
     assert_close_relative(params(5), whole, tolerance=1e-6)
     assert_close_relative(params(1), whole, tolerance=1e-6)
-
-
-def test_batch_plan_is_serials_batch_order():
-    sizes, steps, batch = np.array([10, 3, 7, 1]), np.array([6, 2, 1, 3]), 4
-    offsets = np.cumsum(sizes) - sizes
-    rows, lengths = plan_batches(sizes, steps, offsets, derive_seeds(0, "shuffle", 2, last=range(4)), batch)
-    for cid in range(4):
-        want = list(
-            batch_indices(int(sizes[cid]), int(steps[cid]), batch, torch_generator(0, "shuffle", 2, cid))
-        )
-        assert lengths[cid, : steps[cid]].tolist() == [len(b) for b in want]
-        assert not lengths[cid, steps[cid] :].any()
-        for t, b in enumerate(want):
-            assert rows[cid, t, : len(b)].tolist() == (b + offsets[cid]).tolist()
-            assert (rows[cid, t, len(b) :] == offsets[cid]).all()  # padding reads the client's own first row
 
 
 def test_sample_mean_probe_tells_cross_entropy_from_fedlds_batch_margin():
@@ -166,9 +158,9 @@ def test_divergence_names_the_round_and_client_serial_names():
 def batchnorm_task() -> Task:
     torch.manual_seed(0)
     data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
-    model_fn = lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3))
     schedule = LocalSchedule(epochs=1, steps=0, batch_size=4)
-    return Task(0, model_fn, strategy_class("fedavg")(), data, schedule, torch.device("cpu"))
+    return Task(0, model, strategy_class("fedavg")(), ClientTrainer(), data, schedule, torch.device("cpu"))
 
 
 def test_unvectorizable_model_is_one_config_error_naming_the_layer():
@@ -181,8 +173,8 @@ def test_unvectorizable_model_is_one_config_error_naming_the_layer():
 
 def test_memory_tracking_is_refused_and_auto_meters_on_serial():
     with pytest.raises(ConfigError, match="track_memory.*use engine.backend=serial"):
-        Simulation(config("client.track_memory=true", "engine.backend=vectorized")).run()
-    sim = Simulation(config("client.track_memory=true", "engine.backend=auto"))
+        Simulation(config("engine.track_memory=true", "engine.backend=vectorized")).run()
+    sim = Simulation(config("engine.track_memory=true", "engine.backend=auto"))
     assert isinstance(auto_backend(sim.task), SerialBackend)
 
 

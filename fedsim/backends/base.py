@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable
-
 import torch
 from torch import nn
 
-from fedsim.gradients import autograd_grad_fn, functional_grad_fn
-from clients.local_learning import LocalLearningNet, local_learning_grad_fn, unsupported_functional_grad_fn
-from clients.memory import MemoryMeter
-from clients.trainer import LocalSchedule
 from fedsim.aggregate import WeightedSum
+from fedsim.errors import ConfigError
+from fedsim.local import LocalEnv
+from fedsim.memory import MemoryMeter
+from fedsim.schedule import LocalSchedule
 from fedsim.strategy import GradFn, State, Strategy
+from fedsim.trainer import ClientTrainer
 from fedsim.tree import Params
 
 
@@ -27,26 +26,25 @@ class Task:
     """Everything fixed for a whole run, handed to a backend once."""
 
     seed: int
-    model_fn: Callable[[], nn.Module]
+    model: nn.Module  # the network clients train (the trainer's `build_model`), built once
     strategy: Strategy
+    trainer: ClientTrainer
     client_data: list[tuple[torch.Tensor, torch.Tensor]]  # per client the labelled (x, y), on the CPU
     schedule: LocalSchedule
     device: torch.device
     # per client the inputs without a label (data.label_ratio < 1; empty tensors otherwise), on the CPU;
     # their true labels stay in the engine, for diagnostics only
     unlabelled_data: list[torch.Tensor] = field(default_factory=list)
-    track_memory: bool = False  # meter each client's peak activation bytes (client.track_memory)
+    track_memory: bool = False  # meter each client's peak activation bytes (engine.track_memory)
 
     def grad_fn(self, model: nn.Module, functional: bool = False) -> GradFn:
-        """The gradient function clients train with; `functional=True` gives one that composes
-        with `torch.func.vmap`. A `LocalLearningNet` (client.local_learning) trains block-wise,
-        which does not vectorize."""
-        if isinstance(model, LocalLearningNet):
-            if functional:
-                return unsupported_functional_grad_fn
-            return local_learning_grad_fn(model, self.strategy.objective)
-        build = functional_grad_fn if functional else autograd_grad_fn
-        return build(model, self.strategy.objective)
+        """The trainer's gradient function of `model` and the strategy's objective; `functional=True`
+        gives one that composes with `torch.func.vmap`."""
+        return self.trainer.grad_fn(model, self.strategy.objective, functional)
+
+    def local_env(self, model: nn.Module) -> LocalEnv:
+        """What a one-by-one executor trains every client with."""
+        return LocalEnv(self.strategy, model, self.grad_fn(model), self.schedule, self.seed)
 
     def memory_meter(self) -> MemoryMeter:
         """The meter a backend trains each client inside (activations only with `track_memory`)."""
@@ -75,7 +73,7 @@ class ClientReport:
     num_steps: int
     loss: float
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. a client's pseudo-labels
-    peak_activation_bytes: int = 0  # peak bytes saved for backward (Task.track_memory), clients/memory.py
+    peak_activation_bytes: int = 0  # peak bytes saved for backward (Task.track_memory), fedsim/memory.py
     peak_cuda_bytes: int = 0  # torch.cuda.max_memory_allocated while the client trained (0 on the CPU)
 
 
@@ -97,6 +95,10 @@ class Backend(ABC):
 
     @abstractmethod
     def run_round(self, plan: RoundPlan) -> RoundOutput: ...
+
+    def run(self, plan: RoundPlan, client_ids: list[int]) -> RoundOutput:
+        """Train a share of the round's cohort (what a Ray worker asks of its backend)."""
+        raise ConfigError(f"engine.worker_backend cannot be the {type(self).__name__}; use serial or vectorized")
 
     def close(self) -> None:
         """Release workers and memory; called once, also after an error."""

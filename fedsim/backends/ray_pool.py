@@ -1,8 +1,7 @@
 """The Ray backend: a persistent pool of actors trains each round's cohort, on one machine or a cluster.
 
-Each actor builds the model once and receives every client's data once (one object-store put,
-read zero-copy on the CPU; on a GPU a client's data is copied to the device the first time the
-actor trains it and stays there). Each round the driver puts the plan (global params and
+Each actor builds its executor (model and gradient functions) once and receives every client's
+data once (one object-store put, read zero-copy on the CPU; on a GPU copied to the device once). Each round the driver puts the plan (global params and
 broadcast) in the object store once, gives each actor a share of the cohort balanced by local
 steps, and merges the actors' partial weighted sums in actor order. Float64 partial sums round
 to the same float32 means as the serial loop, so results are bit-identical to `serial` for any
@@ -25,11 +24,10 @@ import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from fedsim import tree
-from fedsim.aggregate import WeightedSum
 from fedsim.backends import make_backend
 from fedsim.backends.base import Backend, RoundOutput, RoundPlan, Task
-from fedsim.backends.serial import train_cohort
-from fedsim.backends.vectorized import VectorizedBackend, train_cohort_vectorized, vectorizable_model
+from fedsim.backends.collect import RoundCollector
+from fedsim.backends.vectorized import vectorizable_model
 from fedsim.config import EngineConfig
 from fedsim.errors import ConfigError, FedsimError, TrainingDiverged
 from fedsim.strategy import State
@@ -81,18 +79,12 @@ def pool_size(engine: EngineConfig, cpus: float, gpus: float, where: str) -> int
     return workers
 
 
-def merge_outputs(cohort: list[int], outputs: list[RoundOutput]) -> RoundOutput:
+def merge_outputs(strategy, cohort: list[int], outputs: list[RoundOutput]) -> RoundOutput:
     """The workers' partial outputs as one: sums merged in worker order, the rest in cohort order."""
-    total = WeightedSum()
+    collector = RoundCollector(strategy)
     for output in outputs:
-        total.merge(output.total)
-    reports = {r.client_id: r for output in outputs for r in output.reports}
-    states = {cid: s for output in outputs for cid, s in output.client_states.items()}
-    uploads = None
-    if outputs[0].uploads is not None:
-        by_client = {r.client_id: u for output in outputs for r, u in zip(output.reports, output.uploads)}
-        uploads = [by_client[cid] for cid in cohort]
-    return RoundOutput(total, uploads, {cid: states[cid] for cid in cohort}, [reports[cid] for cid in cohort])
+        collector.merge(output)
+    return collector.output(cohort)
 
 
 def _cpu(state: State) -> State:
@@ -107,56 +99,28 @@ def _first_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------- the actor
 
 
-class ResidentData:
-    """Client id -> that client's tensors on the worker's device, made on first use and kept.
-
-    An entry is an array or a tuple of arrays ((x, y), or the unlabelled x). On the CPU the
-    tensors are zero-copy views of the object store's read-only buffers, shared by every worker
-    on a node (training only gathers batches from them, never writes). On a GPU each client's
-    data is copied to the device once and stays resident.
-    """
-
-    def __init__(self, arrays: list, device: torch.device) -> None:
-        self.arrays = arrays
-        self.device = device
-        self.tensors: dict[int, torch.Tensor | tuple[torch.Tensor, ...]] = {}
-
-    def __getitem__(self, client_id: int):
-        if client_id not in self.tensors:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                self.tensors[client_id] = self._to_device(self.arrays[client_id])
-        return self.tensors[client_id]
-
-    def _to_device(self, arrays):
-        if isinstance(arrays, np.ndarray):
-            return torch.from_numpy(arrays).to(self.device)
-        return tuple(self._to_device(a) for a in arrays)
+def from_store(arrays):
+    """Tensors of an object-store entry (an array or nested tuples/lists of arrays): on the CPU
+    zero-copy views of its read-only buffers, shared by every worker on a node (training only
+    gathers batches from them, never writes)."""
+    if isinstance(arrays, np.ndarray):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(arrays)
+    return type(arrays)(from_store(a) for a in arrays)
 
 
 class PoolWorker:
-    """A Ray actor: the model built once, all clients' data held, a share of each round trained.
-
-    `engine.worker_backend` says how: "serial" trains the share client by client; "vectorized"
-    builds a `VectorizedBackend` over all clients' data and trains the share in vmapped chunks;
-    "auto" lets `auto_backend` choose between the two.
-    """
+    """A Ray actor: every client's data held, the backend `engine.worker_backend` names built once
+    over it ("serial": client by client, "vectorized": vmapped chunks, "auto": either), and a share
+    of each round trained with it."""
 
     def __init__(
         self, task: Task, data: list, unlabelled: list, num_threads: int, engine: EngineConfig
     ) -> None:
         torch.set_num_threads(num_threads)
-        self.task = task
-        self.vectorized = None
-        if engine.worker_backend != "serial":
-            cpu_data = ResidentData(data, torch.device("cpu"))  # the backend moves them to the device at once
-            with_data = replace(task, client_data=[cpu_data[c] for c in range(len(data))])
-            backend = make_backend(engine.worker_backend, with_data, engine)
-            self.vectorized = backend if isinstance(backend, VectorizedBackend) else None
-        self.model = task.model_fn().to(task.device)
-        self.grad_fn = task.grad_fn(self.model)
-        self.data = ResidentData(data, task.device)
-        self.unlabelled = ResidentData(unlabelled, task.device)
+        with_data = replace(task, client_data=from_store(data), unlabelled_data=from_store(unlabelled))
+        self.executor = make_backend(engine.worker_backend, with_data, engine)
 
     def node_id(self) -> str:
         """The Ray node this worker runs on (awaited at start-up, so it also means 'ready')."""
@@ -164,16 +128,7 @@ class PoolWorker:
 
     def train(self, plan: RoundPlan, client_ids: list[int], client_states: dict[int, State]) -> RoundOutput:
         """Train this worker's share of the round; every tensor comes back on the CPU."""
-        plan = replace(plan, client_states=client_states)
-        vectorized = self.vectorized
-        if vectorized is not None:
-            output = train_cohort_vectorized(
-                vectorized.task, vectorized.trainer, plan, client_ids, vectorized.chunk_size
-            )
-        else:
-            output = train_cohort(
-                self.task, self.grad_fn, self.data, plan, client_ids, model=self.model, unlabelled=self.unlabelled
-            )
+        output = self.executor.run(replace(plan, client_states=client_states), client_ids)
         output.total.sums = _cpu(output.total.sums)
         if output.uploads is not None:
             output.uploads = [_cpu(u) for u in output.uploads]
@@ -287,7 +242,7 @@ class RayBackend(Backend):
             )
         )
         outputs = self._collect(plan, shared, shares)
-        return merge_outputs(plan.client_ids, [outputs[w] for w in sorted(outputs)])
+        return merge_outputs(self.task.strategy, plan.client_ids, [outputs[w] for w in sorted(outputs)])
 
     def _collect(
         self, plan: RoundPlan, shared: ray.ObjectRef, shares: list[list[int]]

@@ -2,93 +2,74 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
 
 import torch
-from torch import nn
 
-from clients.semi_supervised import SemiSupervisedStrategy, train_semi_supervised_client
-from clients.trainer import train_client
 from fedsim import tree
-from fedsim.aggregate import WeightedSum
-from fedsim.backends.base import Backend, ClientReport, RoundOutput, RoundPlan, Task
-from fedsim.errors import ConfigError
-from fedsim.strategy import LocalContext
+from fedsim.backends.base import Backend, RoundOutput, RoundPlan, Task
+from fedsim.backends.collect import RoundCollector
+from fedsim.local import ClientJob
+from fedsim.schedule import cohort_batches
+from fedsim.strategy import State
+from fedsim.trainer import split_state
+
+
+def to_device(state: State, device: torch.device) -> State:
+    return {group: tree.to(params, device) for group, params in state.items()}
+
+
+class SerialExecutor:
+    """Trains clients one by one with `ClientTrainer.train`: the model and gradient function built
+    once, each client's data moved to the device once (`data`, `unlabelled`: indexable by client id).
+
+    The one-by-one executor of every backend: the serial backend, each Ray worker, each Flower client.
+    """
+
+    def __init__(self, task: Task, data, unlabelled) -> None:
+        self.task = task
+        self.env = task.local_env(task.model.to(task.device))
+        self.data, self.unlabelled = data, unlabelled
+
+    def run(self, plan: RoundPlan, client_ids: list[int]) -> RoundOutput:
+        """Train `client_ids` with `plan` and reduce their updates, in the order of `client_ids`."""
+        collector = RoundCollector(self.task.strategy)
+        for cid, job in zip(client_ids, self.jobs(plan, client_ids)):
+            with self.task.memory_meter() as memory:
+                update = self.task.trainer.train(job, self.env)
+            collector.add(cid, update, memory)
+        return collector.output(client_ids)
+
+    def jobs(self, plan: RoundPlan, client_ids: list[int]) -> Iterator[ClientJob]:
+        """Each client's `ClientJob` of the round, on the device, its batches planned in one call."""
+        task, device = self.task, self.task.device
+        global_params = tree.to(plan.global_params, device)
+        broadcast = to_device(plan.broadcast, device)
+        data = [self.data[cid] for cid in client_ids]
+        works = [plan.work[cid] for cid in client_ids]
+        batches = cohort_batches(
+            task.schedule, task.seed, plan.round, client_ids, [len(y) for _, y in data], works
+        )
+        for i, cid in enumerate(client_ids):
+            strategy_state, trainer_state = split_state(to_device(plan.client_states[cid], device))
+            yield ClientJob(
+                cid, plan.round, plan.lr, global_params, broadcast, strategy_state, trainer_state,
+                data[i], batches[i], self.unlabelled[cid], works[i],
+            )
 
 
 class SerialBackend(Backend):
-    """Builds the model once, keeps every client's data on the device, trains clients in order."""
+    """Keeps every client's data on the device and trains the cohort in order."""
 
     def __init__(self, task: Task) -> None:
         super().__init__(task)
-        self.model = task.model_fn().to(task.device)
-        self.grad_fn = task.grad_fn(self.model)
-        self.data = [(x.to(task.device), y.to(task.device)) for x, y in task.client_data]
-        self.unlabelled = [u.to(task.device) for u in task.unlabelled_data]
+        data = [(x.to(task.device), y.to(task.device)) for x, y in task.client_data]
+        unlabelled = [u.to(task.device) for u in task.unlabelled_data]
+        self.executor = SerialExecutor(task, data, unlabelled)
 
     def run_round(self, plan: RoundPlan) -> RoundOutput:
-        return train_cohort(
-            self.task, self.grad_fn, self.data, plan, plan.client_ids,
-            model=self.model, unlabelled=self.unlabelled,
-        )
+        return self.run(plan, plan.client_ids)
 
-
-def train_cohort(
-    task: Task,
-    grad_fn,
-    data,
-    plan: RoundPlan,
-    client_ids: list[int],
-    *,
-    model: nn.Module | None = None,
-    unlabelled: Sequence[torch.Tensor] = (),
-) -> RoundOutput:
-    """Train `client_ids` one after another and reduce their uploads (shared with Ray workers).
-
-    A semi-supervised strategy's clients also need the `model` (to evaluate their experts) and
-    their `unlabelled` inputs on the device; a backend that passes neither cannot run them.
-    """
-    strategy, device = task.strategy, task.device
-    semi_supervised = isinstance(strategy, SemiSupervisedStrategy)
-    if semi_supervised and model is None:
-        raise ConfigError(
-            f"strategy '{strategy.name}' is semi-supervised; this backend cannot run it; "
-            "use engine.backend=serial"
-        )
-    global_params = tree.to(plan.global_params, device)
-    broadcast = {g: tree.to(p, device) for g, p in plan.broadcast.items()}
-    total = WeightedSum()
-    uploads = [] if strategy.needs_all_uploads else None
-    states, reports = {}, []
-    for cid in client_ids:
-        state = {g: tree.to(p, device) for g, p in plan.client_states[cid].items()}
-        ctx = LocalContext(global_params, broadcast, state, plan.lr)
-        client = {
-            "client_id": cid,
-            "data": data[cid],
-            "strategy": strategy,
-            "grad_fn": grad_fn,
-            "ctx": ctx,
-            "schedule": task.schedule,
-            "seed": task.seed,
-            "round_": plan.round,
-            "work": plan.work[cid],
-        }
-        with task.memory_meter() as memory:
-            if semi_supervised:
-                result, diagnostics = train_semi_supervised_client(
-                    **client, unlabelled=unlabelled[cid], model=model
-                )
-            else:
-                result, diagnostics = train_client(**client), {}
-        total.add(result.upload, strategy.upload_weights(result.num_samples))
-        if uploads is not None:
-            uploads.append(result.upload)
-        states[cid] = result.client_state
-        reports.append(
-            ClientReport(
-                cid, result.num_samples, result.num_steps, result.loss, diagnostics,
-                memory.activation_bytes, memory.cuda_bytes,
-            )
-        )
-    return RoundOutput(total, uploads, states, reports)
+    def run(self, plan: RoundPlan, client_ids: list[int]) -> RoundOutput:
+        """Train `client_ids` (also a Ray worker's share)."""
+        return self.executor.run(plan, client_ids)

@@ -1,14 +1,14 @@
 """The vectorized backend: one process trains a whole cohort at once with `torch.func.vmap`.
 
 The cohort is cut, in cohort order, into chunks of at most `engine.max_clients_per_batch`
-clients (0: as many as fit a memory budget, `auto_chunk_size`); `clients.vectorized.ChunkTrainer`
+clients (0: as many as fit a memory budget, `auto_chunk_size`); `fedsim.backends.chunk.ChunkExecutor`
 trains each chunk in one vmapped loop, and the chunk's uploads are reduced in float64 like
 serial's. Results equal serial's up to float rounding (vmapped kernels sum in another order);
 a rerun gives identical results.
 
 `engine.backend = "auto"` (`auto_backend`) takes this backend when all of these hold, else
-serial: the federation has more than one client; the strategy is not semi-supervised and
-`client.track_memory` is off (this backend refuses both); one client step costs at most
+serial: the federation has more than one client; the trainer vectorizes and
+`engine.track_memory` is off (this backend refuses both); one client step costs at most
 `AUTO_MAX_STEP_FLOPS` on the device (3x the forward FLOPs of a sample, times the batch size);
 and the model trains under vmap. The FLOPs bound is where vmap stops paying: it removes
 per-step overhead, which dominates small steps, and costs memory for every client of a chunk.
@@ -26,20 +26,16 @@ from torch import nn
 from torch.func import vmap
 from torch.utils.flop_counter import FlopCounterMode
 
-from clients.semi_supervised import SemiSupervisedStrategy
-from clients.vectorized import ChunkTrainer, map_tensors, unstack
-from fedsim import tree
-from fedsim.aggregate import WeightedSum
-from fedsim.backends.base import Backend, ClientReport, RoundOutput, RoundPlan, Task
+from fedsim.backends.base import Backend, RoundOutput, RoundPlan, Task
+from fedsim.backends.chunk import ChunkExecutor
 from fedsim.errors import ConfigError
-from fedsim.strategy import GradFn, State
+from fedsim.strategy import GradFn
 
 CPU_MEMORY_BUDGET = 128 << 20  # bytes a chunk may take on the CPU (see `auto_chunk_size`)
 GPU_MEMORY_SHARE = 0.5  # share of the GPU's free memory a chunk may take
 PARAM_COPIES = 12  # parameter-sized tensors per client: params, grads, direction, velocity, carry, state...
 ACTIVATION_COPIES = 3  # an activation, its gradient, and a temporary
 AUTO_MAX_STEP_FLOPS = {"cpu": 5e7, "cuda": 1e10}
-REDUCE_BLOCK = 256  # clients per float64 contraction when reducing a chunk's uploads
 # glibc mallopt parameters and the values `keep_freed_memory` sets
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_TRIM_BYTES = 512 << 20  # freed heap memory kept for reuse, up to this much
@@ -49,18 +45,24 @@ HEAP_MMAP_BYTES = 32 << 20  # blocks below this come from the heap (glibc's larg
 class VectorizedBackend(Backend):
     """Builds the model, the gradient functions and the device-resident data once; trains chunks with vmap."""
 
-    def __init__(self, task: Task, max_clients_per_batch: int = 0) -> None:
+    def __init__(self, task: Task, max_clients_per_batch: int = 0, checked=None) -> None:
         super().__init__(task)
-        model, x, _ = vectorizable_model(task)
+        model, x, _ = checked or vectorizable_model(task)  # `checked`: auto_backend's (model, x, y)
         if task.device.type == "cpu":
             keep_freed_memory()
-        self.trainer = ChunkTrainer(model, task.strategy, task.client_data, task.schedule, task.device)
+        self.executor = ChunkExecutor(
+            model, task.strategy, task.trainer, task.client_data, task.schedule, task.device, task.seed
+        )
         self.chunk_size = max_clients_per_batch or auto_chunk_size(
             model, x[:1], task.schedule.batch_size, task.device
         )
 
     def run_round(self, plan: RoundPlan) -> RoundOutput:
-        return train_cohort_vectorized(self.task, self.trainer, plan, plan.client_ids, self.chunk_size)
+        return self.run(plan, plan.client_ids)
+
+    def run(self, plan: RoundPlan, client_ids: list[int]) -> RoundOutput:
+        """Train `client_ids` in chunks (also a Ray worker's share)."""
+        return self.executor.run(plan, client_ids, self.chunk_size, self.task.memory_meter)
 
 
 def vectorizable_model(
@@ -68,96 +70,22 @@ def vectorizable_model(
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The task's model and a probe batch on the device, or a ConfigError saying why the task
     cannot vectorize and to set `instead`."""
-    if isinstance(task.strategy, SemiSupervisedStrategy):
+    if not task.trainer.vectorizes:
         raise ConfigError(
-            f"strategy '{task.strategy.name}' is semi-supervised; the vectorized backend cannot run it; "
+            f"trainer '{task.trainer.name}' trains one client at a time; the vectorized backend cannot run it; "
             f"use {instead}"
         )
     if task.track_memory:
         raise ConfigError(
-            "client.track_memory meters one client at a time, which the vectorized backend does not train; "
+            "engine.track_memory meters one client at a time, which the vectorized backend does not train; "
             f"use {instead}"
         )
-    model = task.model_fn().to(task.device)
+    model = task.model.to(task.device)
     x, y = probe_batch(task)
     problem = vectorization_problem(model, task.grad_fn(model, functional=True), x, y)
     if problem is not None:
         raise ConfigError(f"the vectorized backend cannot train this model: {problem}; use {instead}")
     return model, x, y
-
-
-def train_cohort_vectorized(
-    task: Task, trainer: ChunkTrainer, plan: RoundPlan, client_ids: list[int], chunk_size: int
-) -> RoundOutput:
-    """Train `client_ids` in chunks of `chunk_size` and reduce their uploads (shared with Ray workers).
-
-    The vectorized counterpart of `fedsim.backends.serial.train_cohort`: same plan in, same
-    output out, reports and uploads in the order of `client_ids`.
-    """
-    strategy, device = task.strategy, task.device
-    global_params = tree.to(plan.global_params, device)
-    broadcast = {g: tree.to(p, device) for g, p in plan.broadcast.items()}
-    total = WeightedSum()
-    uploads: dict[int, State] = {}
-    states: dict[int, State] = {}
-    reports: dict[int, ClientReport] = {}
-    for start in range(0, len(client_ids), chunk_size):
-        chunk = client_ids[start : start + chunk_size]
-        with task.memory_meter() as memory:  # on a GPU: the chunk's peak, reported for each of its clients
-            result = trainer.train(
-                client_ids=chunk,
-                works=[plan.work[cid] for cid in chunk],
-                global_params=global_params,
-                broadcast=broadcast,
-                client_states=[
-                    {g: tree.to(p, device) for g, p in plan.client_states[cid].items()} for cid in chunk
-                ],
-                lr=plan.lr,
-                seed=task.seed,
-                round_=plan.round,
-            )
-        add_stacked(total, result.uploads, [strategy.upload_weights(n) for n in result.num_samples])
-        count = len(result.client_ids)
-        client_states = unstack(result.client_states, count)
-        client_uploads = unstack(result.uploads, count) if strategy.needs_all_uploads else None
-        for i, cid in enumerate(result.client_ids):
-            reports[cid] = ClientReport(
-                cid,
-                result.num_samples[i],
-                result.num_steps[i],
-                result.losses[i],
-                peak_cuda_bytes=memory.cuda_bytes,
-            )
-            # cloned, so a stored state does not keep the whole chunk's tensor alive
-            states[cid] = map_tensors(torch.clone, client_states[i])
-            if client_uploads is not None:
-                uploads[cid] = client_uploads[i]
-    return RoundOutput(
-        total,
-        [uploads[cid] for cid in client_ids] if strategy.needs_all_uploads else None,
-        states,
-        [reports[cid] for cid in client_ids],
-    )
-
-
-def add_stacked(total: WeightedSum, uploads: State, weights: list[dict[str, float]]) -> None:
-    """Add a chunk's stacked uploads to `total`, client i weighted by `weights[i]`.
-
-    The same exact float64 products as one `WeightedSum.add` per client, summed in another
-    order: one float64 contraction per block of `REDUCE_BLOCK` clients, so the float64 copy
-    stays small (a whole chunk's copy is several times slower to write and read).
-    """
-    for field, values in uploads.items():
-        field_weights = [w[field] for w in weights]
-        w = torch.tensor(field_weights, dtype=torch.float64, device=next(iter(values.values())).device)
-        acc = total.sums.setdefault(field, {})
-        for name, value in values.items():
-            for start in range(0, len(w), REDUCE_BLOCK):
-                block = value[start : start + REDUCE_BLOCK].detach().to(torch.float64)
-                term = torch.tensordot(w[start : start + REDUCE_BLOCK], block, dims=1)
-                acc[name] = acc[name] + term if name in acc else term
-        total.weights[field] = total.weights.get(field, 0.0) + sum(field_weights)
-    total.count += len(weights)
 
 
 def keep_freed_memory() -> bool:
@@ -271,12 +199,13 @@ def auto_backend(task: Task, max_clients_per_batch: int = 0) -> Backend:
 
     if len(task.client_data) > 1:
         try:
-            model, x, _ = vectorizable_model(task)
+            checked = vectorizable_model(task)
         except ConfigError:
             return SerialBackend(task)
+        model, x, _ = checked
         step_flops = 3 * forward_flops(model, x) / len(x) * task.schedule.batch_size
         if step_flops <= AUTO_MAX_STEP_FLOPS[task.device.type]:
-            return VectorizedBackend(task, max_clients_per_batch)
+            return VectorizedBackend(task, max_clients_per_batch, checked)
     return SerialBackend(task)
 
 

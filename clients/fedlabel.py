@@ -1,4 +1,6 @@
-"""FedLabel (Cho, Joshi, Dimitriadis, ICCV 2023): selective local/global pseudo-labelling.
+"""FedLabel (Cho, Joshi, Dimitriadis, ICCV 2023): selective local/global pseudo-labelling, as a
+client trainer (`[trainer] name = "fedlabel"`); the server aggregates with any strategy (FedAvg
+in the paper).
 
 Only the abstract is verified; the rule below follows the reimplementations the spec
 (specs/fedlabel_locallearning.md, part 1) describes, with a switch for each ambiguity.
@@ -13,7 +15,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from clients.semi_supervised import PseudoLabels, SemiSupervisedStrategy, require_choice
+from clients.semi_supervised import PseudoLabels, SemiSupervisedTrainer, require_choice
 from fedsim.errors import ConfigError
 
 CONFIDENCES = ("maxprob", "entropy", "variance")
@@ -22,8 +24,8 @@ EXPERTS = ("select", "local", "global")
 
 
 @dataclass
-class FedLabel(SemiSupervisedStrategy):
-    """FedLabel: pseudo-label with the more confident of the local and global expert; server FedAvg.
+class FedLabel(SemiSupervisedTrainer):
+    """FedLabel: pseudo-label with the more confident of the local and global expert.
 
     Per unlabelled sample, with p_l the local expert's and p_g the global model's probabilities:
     the expert s with the higher confidence h (`confidence`: max probability, 1 - normalised
@@ -51,9 +53,9 @@ class FedLabel(SemiSupervisedStrategy):
         require_choice("lambda_mode", self.lambda_mode, LAMBDA_MODES)
         require_choice("expert", self.expert, EXPERTS)
         if not 0 <= self.beta <= 1:
-            raise ConfigError(f"strategy.beta must be in [0, 1], got {self.beta}")
+            raise ConfigError(f"trainer.beta must be in [0, 1], got {self.beta}")
         if self.lambda_0 < 0:
-            raise ConfigError(f"strategy.lambda_0 must be >= 0, got {self.lambda_0}")
+            raise ConfigError(f"trainer.lambda_0 must be >= 0, got {self.lambda_0}")
 
     def score(self, probs: torch.Tensor) -> torch.Tensor:
         """h(p) per row: higher means a more confident expert."""

@@ -1,0 +1,99 @@
+"""A federation built from a config: dataset, partition, per-client data, model, strategy and
+trainer, and the backend `Task` they make. The engine and every process that trains clients on
+its own (a Flower ClientApp) build it the same way, so the same config and seed give the same
+clients, data and initial model everywhere."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsim import tree
+from fedsim.backends.base import Task
+from fedsim.config import Config
+from fedsim.data import DatasetBundle, Partition, load_dataset, partition_dataset
+from fedsim.data.labels import split_labels
+from fedsim.errors import ConfigError
+from fedsim.models import build_model
+from fedsim.plugins import build_strategy, build_trainer
+from fedsim.schedule import LocalSchedule
+from fedsim.strategy import Strategy
+from fedsim.trainer import ClientTrainer, SGDSettings
+from fedsim.tree import Params
+from fedsim.validate import resolve_device
+
+
+@dataclass
+class Federation:
+    """Everything a run is built from; `task` is what backends receive."""
+
+    strategy: Strategy
+    trainer: ClientTrainer
+    dataset: DatasetBundle
+    partition: Partition
+    model: nn.Module  # the network clients train, on the run's device
+    params: Params  # the initial global params (what the trainer shares)
+    task: Task
+    train_labels: np.ndarray  # every training sample's label, for heterogeneity statistics
+    hidden_labels: list[torch.Tensor]  # per client the true labels of its unlabelled samples
+
+
+def build_trainer_for(config: Config) -> ClientTrainer:
+    """The `[trainer]` table's trainer, stepping with the `[train]` SGD settings."""
+    trainer = build_trainer(config.trainer)
+    t = config.train
+    trainer.sgd = SGDSettings(weight_decay=t.weight_decay, momentum=t.momentum, clip_norm=t.clip_norm)
+    return trainer
+
+
+def build_federation(config: Config) -> Federation:
+    """Load, split and build what `config` describes (validated beforehand)."""
+    strategy, trainer = build_strategy(config.strategy), build_trainer_for(config)
+    device = resolve_device(config.engine.device)
+    d = config.data
+    dataset = load_dataset(
+        d.dataset,
+        seed=config.seed,
+        num_clients=d.num_clients,
+        path=d.path,
+        test_fraction=d.test_fraction,
+        samples=d.samples,
+        synthetic_alpha=d.synthetic_alpha,
+        synthetic_beta=d.synthetic_beta,
+    )
+    partition = partition_dataset(
+        dataset.train,
+        d.partitioner,
+        num_clients=d.num_clients,
+        seed=config.seed,
+        alpha=d.alpha,
+        min_partition_size=d.min_partition_size,
+        classes_per_client=d.classes_per_client,
+        shards_per_client=d.shards_per_client,
+    )
+    if any(len(idx) == 0 for idx in partition.indices):
+        raise ConfigError("the partition left a client without data; lower data.num_clients")
+    x_train, y_train = dataset.tensors("train")
+    client_data = [(x_train[idx], y_train[idx]) for idx in map(torch.as_tensor, partition.indices)]
+    # backends get the labelled (x, y) and the unlabelled x; the unlabelled samples' true labels
+    # stay with the engine, for the trainer's diagnostics (`ClientTrainer.round_metrics`)
+    client_data, unlabelled_data, hidden_labels = split_labels(client_data, d.label_ratio, config.seed)
+    backbone = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed)
+    model = trainer.build_model(backbone, dataset.input_shape, dataset.num_classes, config.seed).to(device)
+    params = trainer.prepare(model, tree.clone(dict(model.named_parameters())))
+    t = config.train
+    task = Task(
+        config.seed,
+        model,
+        strategy,
+        trainer,
+        client_data,
+        LocalSchedule(epochs=t.local_epochs, steps=t.local_steps, batch_size=t.batch_size),
+        device,
+        unlabelled_data,
+        track_memory=config.engine.track_memory,
+    )
+    return Federation(strategy, trainer, dataset, partition, model, params, task, y_train.numpy(), hidden_labels)
