@@ -9,6 +9,8 @@ memory, a crash) fails the cells it was running and the pool is replaced.
 Rerunning the same sweep skips finished cells and redoes the others, from their newest
 checkpoint when `train.checkpoint_every` > 0. Every cell's config is resolved and validated
 before any cell starts, and a cell folder left by a different config is refused.
+
+A sweep prints nothing: it reports its progress to a `SweepListener`, which the CLI draws.
 """
 
 from __future__ import annotations
@@ -27,16 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Column
 
 from fedsim.checkpoint import config_differences, prepare_run
 from fedsim.config import Config, config_from_dict, load_config, parse_override
@@ -68,6 +60,25 @@ class SweepResult:
     skipped: int  # already finished before this invocation
     finished: int  # finished by this invocation
     failed: list[str]  # names of the cells that failed
+
+
+class SweepListener:
+    """Progress events of a sweep; override what you need.
+
+    In order: `planned` once, then for every cell that runs `cell_started` and one of
+    `cell_finished` / `cell_failed`. Cells finished by an earlier invocation are skipped and
+    only counted in `planned`. Events come from the process that called `run_sweep`.
+    """
+
+    def planned(self, total: int, skipped: int) -> None:
+        """Every cell is validated: `total` cells, of which `skipped` already finished."""
+
+    def cell_started(self, name: str) -> None: ...
+
+    def cell_finished(self, name: str) -> None: ...
+
+    def cell_failed(self, name: str, error: str) -> None:
+        """The cell raised or its worker died; `error` is the text kept in its error.txt."""
 
 
 def available_cores() -> int:
@@ -220,61 +231,50 @@ def run_sweep(
     overrides: list[str],
     out: Path,
     jobs: int,
-    console: Console | None = None,
+    listener: SweepListener | None = None,
 ) -> SweepResult:
-    """Run every unfinished cell of the sweep, `jobs` at a time, with a progress bar."""
+    """Run every unfinished cell of the sweep, `jobs` at a time, telling `listener` as it goes."""
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    listener = listener or SweepListener()
     grid = parse_grid(grid_axes)
     cells = plan_cells(config_path, grid, seeds, overrides)
     check_existing(cells, out)
     write_manifest(out, config_path, overrides, grid, seeds, cells)
     todo = [c for c in cells if cell_status(out / c.name) != "finished"]
     result = SweepResult(total=len(cells), skipped=len(cells) - len(todo), finished=0, failed=[])
+    listener.planned(result.total, result.skipped)
     if not todo:
         return result
     jobs = min(jobs, len(todo))
     threads = max(1, available_cores() // jobs)
-    progress = Progress(
-        TextColumn("cells"),
-        MofNCompleteColumn(),
-        BarColumn(bar_width=24),
-        TextColumn("failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[running]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
-        console=console or Console(stderr=True),
-        expand=True,
-    )
-    task = progress.add_task("sweep", total=len(cells), completed=result.skipped, failed=0, running="")
     queue = list(reversed(todo))
     running: dict[Future, Cell] = {}
     pool = _new_pool(jobs)
     try:
-        with progress:
-            while queue or running:
-                while queue and len(running) < jobs:
-                    cell = queue.pop()
-                    for stale in ("summary.json", ERROR_FILE):  # of an earlier, failed attempt
-                        (out / cell.name / stale).unlink(missing_ok=True)
-                    future = pool.submit(run_cell, cell.config.to_toml(), str(out / cell.name), threads)
-                    running[future] = cell
-                progress.update(task, running="running: " + ", ".join(c.name for c in running.values()))
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
-                for future in list(running) if broken else done:
-                    cell = running.pop(future)
-                    error = _outcome(future)
-                    if error is None:
-                        result.finished += 1
-                    else:
-                        record_failure(out / cell.name, error)
-                        result.failed.append(cell.name)
-                    progress.update(task, advance=1, failed=len(result.failed))
-                if broken:  # every cell of a broken pool is lost; later cells get a fresh pool
-                    pool.shutdown(cancel_futures=True)
-                    pool = _new_pool(jobs)
+        while queue or running:
+            while queue and len(running) < jobs:
+                cell = queue.pop()
+                for stale in ("summary.json", ERROR_FILE):  # of an earlier, failed attempt
+                    (out / cell.name / stale).unlink(missing_ok=True)
+                future = pool.submit(run_cell, cell.config.to_toml(), str(out / cell.name), threads)
+                running[future] = cell
+                listener.cell_started(cell.name)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = any(isinstance(f.exception(), BrokenProcessPool) for f in done)
+            for future in list(running) if broken else done:
+                cell = running.pop(future)
+                error = _outcome(future)
+                if error is None:
+                    result.finished += 1
+                    listener.cell_finished(cell.name)
+                else:
+                    record_failure(out / cell.name, error)
+                    result.failed.append(cell.name)
+                    listener.cell_failed(cell.name, error)
+            if broken:  # every cell of a broken pool is lost; later cells get a fresh pool
+                pool.shutdown(cancel_futures=True)
+                pool = _new_pool(jobs)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return result

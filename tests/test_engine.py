@@ -57,7 +57,7 @@ def test_run_folder_contents(config_factory, tmp_path):
         assert key in saved
     assert saved["final_accuracy"] == metrics["test_accuracy"].iloc[-1]
     partition = pd.read_csv(tmp_path / "partition.csv")
-    assert len(partition) == 10 and partition["num_samples"].sum() == len(sim.y_train)
+    assert len(partition) == 10 and partition["num_samples"].sum() == len(sim.train_labels)
     model = sim._build_model()
     model.load_state_dict(load_weights(tmp_path))  # safetensors: no unpickling
 

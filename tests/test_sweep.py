@@ -1,7 +1,6 @@
 """Sweeps: the whole grid is validated up front, cells are isolated, a killed sweep resumes."""
 
 import contextlib
-import io
 import json
 import os
 import signal
@@ -12,14 +11,13 @@ import time
 import pandas as pd
 import pytest
 import torch
-from rich.console import Console
 from typer.testing import CliRunner
 
 from fedsim.cli import app
 from fedsim.errors import ConfigError
 from fedsim.report import make_report
 from fedsim.results import load_weights
-from fedsim.sweep import cell_status, parse_grid, run_sweep, split_values
+from fedsim.sweep import SweepListener, cell_status, parse_grid, run_sweep, split_values
 from tests.conftest import QUICKSTART, ROOT
 
 SMALL = [
@@ -52,12 +50,27 @@ class KillsWorker(Strategy):
 """
 
 
-def quiet() -> Console:
-    return Console(file=io.StringIO())
+class Recorder(SweepListener):
+    """Keeps every event a sweep emits, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def planned(self, total, skipped):
+        self.events.append(("planned", total, skipped))
+
+    def cell_started(self, name):
+        self.events.append(("started", name))
+
+    def cell_finished(self, name):
+        self.events.append(("finished", name))
+
+    def cell_failed(self, name, error):
+        self.events.append(("failed", name, error.strip().splitlines()[-1]))
 
 
-def sweep(out, jobs=2, grid=GRID, seeds=SEEDS, overrides=SMALL):
-    return run_sweep(QUICKSTART, grid, seeds, overrides, out, jobs, quiet())
+def sweep(out, jobs=2, grid=GRID, seeds=SEEDS, overrides=SMALL, listener=None):
+    return run_sweep(QUICKSTART, grid, seeds, overrides, out, jobs, listener)
 
 
 def comparable(table: pd.DataFrame) -> pd.DataFrame:
@@ -104,8 +117,10 @@ def test_cells_have_readable_folders_and_a_manifest(finished_sweep):
 
 
 def test_rerunning_a_finished_sweep_skips_every_cell(finished_sweep):
-    result = sweep(finished_sweep)
+    recorder = Recorder()
+    result = sweep(finished_sweep, listener=recorder)
     assert (result.skipped, result.finished, result.failed) == (8, 0, [])
+    assert recorder.events == [("planned", 8, 8)]
 
 
 def test_a_killed_sweep_rerun_gives_the_same_table(finished_sweep, tmp_path):
@@ -171,11 +186,25 @@ def test_failing_cells_are_recorded_and_the_others_finish(tmp_path):
     plugin = tmp_path / "failing.py"
     plugin.write_text(FAILING_STRATEGIES)
     grid = [f"strategy.name={plugin}:KillsWorker,{plugin}:Raises,fedavg"]
-    result = sweep(tmp_path / "out", jobs=1, grid=grid, seeds=[0], overrides=[*SMALL, "train.rounds=2"])
+    recorder = Recorder()
+    result = sweep(
+        tmp_path / "out", jobs=1, grid=grid, seeds=[0], overrides=[*SMALL, "train.rounds=2"], listener=recorder
+    )
     assert result.finished == 1 and len(result.failed) == 2
     killed, raised, fine = (
         next((tmp_path / "out").glob(f"*{name}__seed=0")) for name in ("KillsWorker", "Raises", "fedavg")
     )
+    assert [event[:2] for event in recorder.events] == [
+        ("planned", 3),
+        ("started", killed.name),
+        ("failed", killed.name),
+        ("started", raised.name),
+        ("failed", raised.name),
+        ("started", fine.name),
+        ("finished", fine.name),
+    ]
+    assert "worker process died" in recorder.events[2][2]
+    assert recorder.events[4][2] == "ValueError: bug in a plugin"
     assert "worker process died" in (killed / "error.txt").read_text()
     assert "ValueError: bug in a plugin" in (raised / "error.txt").read_text()
     assert cell_status(raised) == cell_status(killed) == "failed"

@@ -1,6 +1,8 @@
 """The `fedsim` command line: run and resume experiments, sweep grids, report, list what exists.
 
 A mistake in the input is one line on stderr and a non-zero exit code, never a traceback.
+Everything the terminal shows is drawn here (`display.py`: progress); the engine and sweeps
+only emit events and return results.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from fedsim.cli.console import err, out, say
 from fedsim.errors import FedsimError
 
 app = typer.Typer(
@@ -23,12 +26,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="fedsim: simulate federated learning on non-IID data.",
 )
-out = Console()
-err = Console(stderr=True)
 
 
 def fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -71,9 +72,9 @@ def _run(
     tensorboard: bool,
 ) -> None:
     from fedsim.checkpoint import prepare_run
+    from fedsim.cli.display import RunProgress
     from fedsim.config import load_config
     from fedsim.errors import ConfigError
-    from fedsim.progress import ProgressDisplay
 
     if resume is not None:
         if config_path is not None or overrides or out_dir is not None:
@@ -84,7 +85,7 @@ def _run(
             raise ConfigError(f"'{resume}' is not a run folder (no config.toml)")
         summary_file = resume / "summary.json"
         if summary_file.is_file() and json.loads(summary_file.read_text()).get("status") == "finished":
-            out.print(f"{resume} already finished; nothing to resume", highlight=False)
+            say(out, f"{resume} already finished; nothing to resume")
             return
         config, path = load_config(resume / "config.toml"), resume
     elif config_path is None:
@@ -92,7 +93,7 @@ def _run(
     else:
         config = load_config(config_path, overrides)
         path = out_dir or default_out_dir(config.name)
-    callbacks = [] if quiet else [ProgressDisplay(err)]
+    callbacks = [] if quiet else [RunProgress(err)]
     if tensorboard:
         from fedsim.tensorboard_logger import TensorBoardLogger
 
@@ -100,14 +101,14 @@ def _run(
     sim = prepare_run(config, path, callbacks, resume=resume is not None)
     if resume is not None:
         start = f"after round {sim.round}" if sim.round else "from round 1 (no checkpoint yet)"
-        err.print(f"resuming {path} {start}", highlight=False)
+        say(err, f"resuming {path} {start}")
     h = sim.heterogeneity()
-    err.print(
+    say(
+        err,
         f"{config.data.dataset}: {config.data.num_clients} clients, {config.data.partitioner} "
         f"(alpha={config.data.alpha}), sizes {h['min_size']:.0f}..{h['max_size']:.0f}, "
         f"label TV {h['label_tv']:.3f}, repair moved {h['moved']:.0f}; strategy {config.strategy['name']}, "
         f"backend {config.engine.backend} on {sim.device}",
-        highlight=False,
     )
     if config.engine.backend == "flower":  # Flower's ServerApp owns the round loop
         from fedsim.flower import run_with_flower
@@ -156,6 +157,7 @@ def _sweep(
     out_dir: Optional[Path],
     jobs: Optional[int],
 ) -> None:
+    from fedsim.cli.display import SweepProgress
     from fedsim.config import load_config
     from fedsim.errors import ConfigError
     from fedsim.sweep import available_cores, run_sweep
@@ -174,12 +176,12 @@ def _sweep(
         seed_values = list(range(seeds)) if seeds is not None else [base.seed]
     out_path = out_dir or Path("sweeps") / base.name
     jobs = jobs if jobs is not None else available_cores()
-    result = run_sweep(config_path, grid, seed_values, overrides, out_path, jobs, err)
-    err.print(
+    with SweepProgress(err) as progress:
+        result = run_sweep(config_path, grid, seed_values, overrides, out_path, jobs, progress)
+    say(
+        err,
         f"{result.total} cells: {result.skipped} already finished, {result.finished} finished now, "
         f"{len(result.failed)} failed; folder {out_path}; table and plots: fedsim report {out_path}",
-        highlight=False,
-        soft_wrap=True,
     )
     if result.failed:
         fail(f"{len(result.failed)} cell(s) failed, e.g. {result.failed[0]} (see its error.txt)", 1)
@@ -197,8 +199,8 @@ def report(
         result = make_report(folder, target)
     except FedsimError as e:
         fail(str(e), e.exit_code)
-    out.print(result.markdown, highlight=False, markup=False, soft_wrap=True)
-    err.print("wrote " + ", ".join(str(p) for p in result.files), highlight=False, soft_wrap=True)
+    say(out, result.markdown)
+    say(err, "wrote " + ", ".join(str(p) for p in result.files))
 
 
 @app.command("list")
@@ -228,9 +230,5 @@ def main() -> None:
     try:
         app()
     except FedsimError as e:  # raised outside a command body
-        err.print(f"error: {e}", highlight=False)
+        say(err, f"error: {e}")
         sys.exit(e.exit_code)
-
-
-if __name__ == "__main__":
-    main()
