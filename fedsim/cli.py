@@ -109,12 +109,7 @@ def _run(
         f"backend {config.engine.backend} on {sim.device}",
         highlight=False,
     )
-    if config.engine.backend == "flower":  # Flower's ServerApp owns the round loop
-        from fedsim.flower import run_with_flower
-
-        summary = run_with_flower(sim)
-    else:
-        summary = sim.run()
+    summary = sim.run()
     table = Table(title=f"{config.name}: {summary['rounds']} rounds in {summary['wall_s']:.1f} s")
     for column in ("final accuracy", "best accuracy", "run folder"):
         table.add_column(column)
