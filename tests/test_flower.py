@@ -22,6 +22,7 @@ from flwr.app import Context, RecordDict
 from flwr.cli.config_utils import load_and_validate
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
+from flwr.simulation import run_simulation
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -30,7 +31,7 @@ from fedsim.checkpoint import latest_checkpoint, prepare_run
 from fedsim.cli import app
 from fedsim.config import load_config
 from fedsim.engine import Callback, Simulation
-from fedsim.flower import from_records, to_records
+from fedsim.flower import client_app, from_records, server_app, to_records
 from fedsim.results import load_weights
 from fedsim.sweep import run_sweep
 from tests.conftest import QUICKSTART, ROOT, small_config
@@ -104,6 +105,34 @@ def test_the_example_flower_app_validates_and_builds_a_flower_experiment():
     config = module.experiment(context)
     assert config.engine.backend == "flower" and config.train.rounds == 2
     assert Simulation(config).strategy.name == "scaffold"
+
+
+def test_the_apps_of_a_flower_app_train_through_the_servers_grid_and_match_serial():
+    """What `flwr run experiments/flower_app` runs: the ServerApp's main is the round loop."""
+    overrides = ["data.num_clients=5", "train.rounds=2", "train.local_epochs=1"]
+    config = load_config(FLOWER_APP / "experiment.toml", overrides)
+    runs, own_engines = [], []
+
+    class OwnEngine(Callback):
+        def on_run_start(self, sim: Simulation) -> None:
+            own_engines.append(sim.backend.thread is not None)
+
+    def run(_context: Context) -> None:
+        runs.append(Simulation(config, [OwnEngine()]))
+        runs[-1].run()
+
+    run_simulation(
+        server_app=server_app(run),
+        client_app=client_app(lambda _context: config),
+        num_supernodes=5,
+        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"address": "local", "num_cpus": 2}},
+    )
+    serial = Simulation(load_config(FLOWER_APP / "experiment.toml", [*overrides, "engine.backend=serial"]))
+    serial.run()
+    [flower] = runs
+    assert flower.round == 2 and own_engines == [False]  # trained through the app's Grid
+    assert_equal_trees(flower.params, serial.params)
+    assert_same_stores(flower.client_states, serial.client_states)
 
 
 def test_make_backend_flower_from_python_matches_serial_and_keeps_the_callers_ray_session():
