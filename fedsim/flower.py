@@ -91,6 +91,14 @@ def from_records(records: RecordDict, prefix: str, device: torch.device) -> Stat
     }
 
 
+def _one_line(err: BaseException) -> str:
+    """A fedsim error's own first line; any other error's, after its type's name."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if isinstance(err, FedsimError) and lines:
+        return lines[0]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 # ---------------------------------------------------------------------------- client side
 
 
@@ -132,8 +140,6 @@ class FlowerClient:
                 )
         except TrainingDiverged as err:  # the server raises it as the serial backend would
             return Message(RecordDict({DIVERGED: MetricRecord({"loss": err.loss})}), reply_to=msg)
-        except FedsimError as err:
-            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, str(err)), reply_to=msg)
         metrics = MetricRecord({
             "num-examples": result.num_samples,
             "num-steps": result.num_steps,
@@ -169,7 +175,10 @@ def _client_app(client_of: Callable[[Context], FlowerClient]) -> ClientApp:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return client_of(context).reply(msg, int(context.node_config["partition-id"]))
+        try:
+            return client_of(context).reply(msg, int(context.node_config["partition-id"]))
+        except Exception as err:  # one line for the server, not Flower's wrapped remote traceback
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, _one_line(err)), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
@@ -226,11 +235,10 @@ def _flower_keeps_ray_open():
 
 
 def _root_cause(err: BaseException) -> str:
-    """The first line of the innermost cause (Flower wraps errors in 'Simulation Runtime crashed')."""
+    """The innermost cause in one line (Flower wraps errors in 'Simulation Runtime crashed')."""
     while err.__cause__ is not None:
         err = err.__cause__
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[0] if lines else type(err).__name__
+    return _one_line(err)
 
 
 class FlowerBackend(Backend):

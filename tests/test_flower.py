@@ -14,6 +14,7 @@ import io
 import json
 import re
 import threading
+from dataclasses import replace
 
 import pytest
 import ray
@@ -31,6 +32,7 @@ from fedsim.checkpoint import latest_checkpoint, prepare_run
 from fedsim.cli import app
 from fedsim.config import load_config
 from fedsim.engine import Callback, Simulation
+from fedsim.errors import FedsimError
 from fedsim.flower import client_app, from_records, server_app, to_records
 from fedsim.results import load_weights
 from fedsim.sweep import run_sweep
@@ -136,6 +138,7 @@ def test_the_apps_of_a_flower_app_train_through_the_servers_grid_and_match_seria
 
 
 def test_make_backend_flower_from_python_matches_serial_and_keeps_the_callers_ray_session():
+    """A round matches serial's output; a client's error is one line; Flower ends, Ray stays."""
     sim = Simulation(small_config("strategy.name=scaffold", *FIVE_CLIENTS))
     plan = sim.plan_round(1)
     reference = make_backend("serial", sim.task).run_round(plan)
@@ -144,6 +147,9 @@ def test_make_backend_flower_from_python_matches_serial_and_keeps_the_callers_ra
         backend = make_backend("flower", sim.task, sim.config.engine)
         try:
             output = backend.run_round(plan)
+            broken = {cid: {"c": {k: torch.zeros(2, 3, 5, 7) for k in sim.params}} for cid in plan.client_ids}
+            with pytest.raises(FedsimError, match=r"^Flower client \d failed: RuntimeError: [^\n]*$"):
+                backend.run_round(replace(plan, client_states=broken))  # a client's error, in one line
         finally:
             backend.close()
         assert ray.is_initialized() and not flower_threads()  # Flower ended, the session stays
