@@ -28,7 +28,6 @@ import torch
 
 from fedsim.config import load_config
 from fedsim.engine import Simulation
-from fedsim.flower import run_with_flower
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +42,7 @@ def run_engine(config_path: Path, overrides: list[str], backend: str) -> tuple[S
     """Run the experiment on `backend`; returns the finished simulation and the whole call's wall time."""
     sim = Simulation(load_config(config_path, [*overrides, f"engine.backend={backend}"]))
     start = time.perf_counter()
-    run_with_flower(sim) if backend == "flower" else sim.run()
+    sim.run()
     return sim, time.perf_counter() - start
 
 

@@ -31,15 +31,14 @@ class RoundCollector:
         self.states: dict[int, State] = {}
         self.reports: dict[int, ClientReport] = {}
 
-    def add(self, client_id: int, update: ClientUpdate, memory=None) -> None:
-        """One client's update, reduced now; `memory` is the `MemoryMeter` it trained inside."""
+    def add(self, client_id: int, update: ClientUpdate, activation_bytes: int = 0, cuda_bytes: int = 0) -> None:
+        """One client's update, reduced now, with the peak memory it trained in (`MemoryMeter`)."""
         self.total.add(update.upload, self.strategy.upload_weights(update.num_samples))
         self.keep(client_id, update.upload, join_state(update.strategy_state, update.trainer_state))
         self.report(
             ClientReport(
                 client_id, update.num_samples, update.num_steps, update.loss, update.diagnostics,
-                memory.activation_bytes if memory is not None else 0,
-                memory.cuda_bytes if memory is not None else 0,
+                activation_bytes, cuda_bytes,
             )
         )
 

@@ -37,7 +37,7 @@ class SerialExecutor:
         for cid, job in zip(client_ids, self.jobs(plan, client_ids)):
             with self.task.memory_meter() as memory:
                 update = self.task.trainer.train(job, self.env)
-            collector.add(cid, update, memory)
+            collector.add(cid, update, memory.activation_bytes, memory.cuda_bytes)
         return collector.output(client_ids)
 
     def jobs(self, plan: RoundPlan, client_ids: list[int]) -> Iterator[ClientJob]:

@@ -110,12 +110,7 @@ def _run(
         f"label TV {h['label_tv']:.3f}, repair moved {h['moved']:.0f}; strategy {config.strategy['name']}, "
         f"backend {config.engine.backend} on {sim.device}",
     )
-    if config.engine.backend == "flower":  # Flower's ServerApp owns the round loop
-        from fedsim.flower import run_with_flower
-
-        summary = run_with_flower(sim)
-    else:
-        summary = sim.run()
+    summary = sim.run()
     table = Table(title=f"{config.name}: {summary['rounds']} rounds in {summary['wall_s']:.1f} s")
     for column in ("final accuracy", "best accuracy", "run folder"):
         table.add_column(column)
