@@ -199,13 +199,17 @@ def build_named(kind: str, table: dict[str, Any]):
     """The plugin a named table (`[strategy]`, `[trainer]`, `[model]`) names, built and validated.
 
     Sub-tables hold per-plugin parameters (`[strategy.fedavgm] momentum = 0.9`); only the
-    chosen plugin's sub-table applies, so one config can sweep over plugin names.
+    chosen plugin's sub-table applies, so one config can sweep over plugin names. A key set
+    both in the table and in the chosen sub-table is an error, not a silent choice.
     """
+    prefix = KINDS[kind].key.removesuffix("name")
     params = dict(table)
     name = params.pop("name")
     per_name = {key: params.pop(key) for key in list(params) if isinstance(params[key], dict)}
+    for key in per_name.get(name, {}).keys() & params.keys():
+        raise ConfigError(f"{prefix}{key} is set in [{prefix[:-1]}] and in [{prefix}{name}]; keep one")
     params.update(per_name.get(name, {}))
-    plugin = build_section(plugin_class(kind, name), params, KINDS[kind].key.removesuffix("name"))
+    plugin = build_section(plugin_class(kind, name), params, prefix)
     plugin.validate()
     return plugin
 
@@ -219,7 +223,8 @@ def resolved(config: Config) -> Config:
     """`config` with every field of its strategy, trainer and model written out, defaults included.
 
     A run folder records this form, so a run says all its hyperparameters; loading it back
-    builds the same plugins. Per-name sub-tables are kept as they were.
+    builds the same plugins. The chosen plugin's sub-table is folded into the table; the other
+    plugins' sub-tables are kept as they were.
     """
     tables = {}
     for key in NAMED_TABLES:
@@ -227,5 +232,6 @@ def resolved(config: Config) -> Config:
         plugin = build_named(key, table)
         values = dataclasses.asdict(plugin)
         fields = {f.name: values[f.name] for f in dataclasses.fields(plugin) if f.init}
-        tables[key] = PluginTable({**table, **fields})
+        others = {k: v for k, v in table.items() if k != table["name"]}
+        tables[key] = PluginTable({**others, **fields})
     return dataclasses.replace(config, **tables)

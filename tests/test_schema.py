@@ -69,10 +69,16 @@ def test_resolved_config_round_trips_and_keeps_sub_tables(tmp_path):
     config = load_config(None, ["strategy.name=fedprox", "strategy.fedavgm.momentum=0.5", "strategy.fedprox.mu=0.1"])
     full = resolved(config)
     assert full.strategy["mu"] == 0.1 and full.strategy["fedavgm"] == {"momentum": 0.5}
+    assert "fedprox" not in full.strategy  # folded into the table
     path = tmp_path / "config.toml"
     path.write_text(full.to_toml())
     again = load_config(path)
     assert again == full and resolved(again) == full
+
+
+def test_a_key_in_the_table_and_the_chosen_sub_table_is_an_error():
+    with pytest.raises(ConfigError, match=r"model.channels is set in \[model\] and in \[model.cnn\]; keep one"):
+        validate(load_config(None, ["model.name=cnn", "model.channels=[8]", "model.cnn.channels=[4]"]))
 
 
 def test_resolved_and_unresolved_are_no_difference_on_resume():
