@@ -240,7 +240,7 @@ def check(value: Any, checks: dict[str, Any], key: str) -> None:
     for item in items:
         if choices is not None and item not in choices:
             hint = closest(str(item), list(choices))
-            raise ConfigError(f"{key} must be one of: {', '.join(choices)}; got {item!r}{hint}")
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {item!r}{hint}")
     bounds = [(op, checks[op]) for op in _BOUNDS if op in checks]
     if all(_BOUNDS[op][0](item, bound) for op, bound in bounds for item in items):
         return

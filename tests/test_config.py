@@ -62,7 +62,7 @@ def test_override_without_equals_is_an_error():
         ("train.rounds=0", "train.rounds must be >= 1"),
         ("train.lr=0", "train.lr must be > 0"),
         ("model.name=transformer", "unknown model 'transformer'"),
-        ("engine.backend=gpu", "engine.backend must be one of: serial, vectorized, auto, ray, flower; got 'gpu'"),
+        ("engine.backend=gpu", "engine.backend must be one of serial, vectorized, auto, ray, flower; got 'gpu'"),
         ("engine.device=tpu", "engine.device 'tpu'"),
     ],
 )

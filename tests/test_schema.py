@@ -27,7 +27,7 @@ class Section:
         ({"rate": 1.5}, r"^s.rate must be in \(0, 1\], got 1.5$"),
         ({"count": 0}, r"^s.count must be >= 1, got 0$"),
         ({"widths": [4, -1]}, r"^s.widths values must be > 0, got \[4, -1\]$"),
-        ({"mode": "exakt"}, r"^s.mode must be one of: fast, exact; got 'exakt' \(did you mean 'exact'\?\)$"),
+        ({"mode": "exakt"}, r"^s.mode must be one of fast, exact; got 'exakt' \(did you mean 'exact'\?\)$"),
         ({"mode": 3}, "config key 's.mode' must be str"),
         ({"moed": "fast"}, r"unknown config key 's.moed' \(did you mean 's.mode'\?\)"),
     ],
