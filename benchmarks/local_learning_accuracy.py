@@ -113,7 +113,7 @@ def main() -> None:
             )
     add_comparison(rows)
     config = load_config(CONFIG, common)
-    widths = config.model.hidden if config.model.name == "mlp" else config.model.channels
+    widths = config.model["hidden"] if config.model.name == "mlp" else config.model["channels"]
     header = (
         f"{config.data.dataset}, {config.model.name} {widths}, {config.data.num_clients} clients, "
         f"{config.train.rounds} rounds x {config.train.local_epochs} local epochs, "

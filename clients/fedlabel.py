@@ -15,8 +15,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from clients.semi_supervised import PseudoLabels, SemiSupervisedTrainer, require_choice
-from fedsim.errors import ConfigError
+from clients.semi_supervised import PseudoLabels, SemiSupervisedTrainer
+from fedsim.config import option
 
 CONFIDENCES = ("maxprob", "entropy", "variance")
 LAMBDA_MODES = ("ratio", "const")
@@ -41,21 +41,11 @@ class FedLabel(SemiSupervisedTrainer):
 
     name: ClassVar[str] = "fedlabel"
 
-    confidence: str = "maxprob"
-    beta: float = 0.95
-    lambda_0: float = 1.0
-    lambda_mode: str = "ratio"
-    expert: str = "select"
-
-    def validate(self) -> None:
-        super().validate()
-        require_choice("confidence", self.confidence, CONFIDENCES)
-        require_choice("lambda_mode", self.lambda_mode, LAMBDA_MODES)
-        require_choice("expert", self.expert, EXPERTS)
-        if not 0 <= self.beta <= 1:
-            raise ConfigError(f"trainer.beta must be in [0, 1], got {self.beta}")
-        if self.lambda_0 < 0:
-            raise ConfigError(f"trainer.lambda_0 must be >= 0, got {self.lambda_0}")
+    confidence: str = option("maxprob", choices=CONFIDENCES)
+    beta: float = option(0.95, ge=0, le=1)
+    lambda_0: float = option(1.0, ge=0)
+    lambda_mode: str = option("ratio", choices=LAMBDA_MODES)
+    expert: str = option("select", choices=EXPERTS)
 
     def score(self, probs: torch.Tensor) -> torch.Tensor:
         """h(p) per row: higher means a more confident expert."""

@@ -25,7 +25,7 @@ Methods and defaults: docs/local_learning.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -42,6 +42,7 @@ from clients.aux_nets import (
     pyramid_depths,
 )
 from fedsim import seeding, tree
+from fedsim.config import option
 from fedsim.errors import ConfigError
 from fedsim.gradients import Objective
 from fedsim.models import BasicBlock
@@ -230,33 +231,26 @@ class LocalLearning(ClientTrainer):
     name: ClassVar[str] = "local_learning"
     vectorizes: ClassVar[bool] = False  # block-wise autograd, one client at a time
 
-    method: str = "dgl"
-    blocks: int = 2
-    aux: str = "federated"
-    depth: int = 2
-    pyramid_coeff: float = 0.5
-    ema_momentum: float = 0.995
-    recon_weight: list[float] = field(default_factory=lambda: [5.0, 0.5])
-    ce_weight: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    method: str = option("dgl", choices=tuple(METHODS))
+    blocks: int = option(2, ge=1)
+    aux: str = option("federated", choices=tuple(AUX_MODES))
+    depth: int = option(2, ge=1)
+    pyramid_coeff: float = option(0.5, ge=0, le=1)
+    ema_momentum: float = option(0.995, ge=0, le=1)
+    recon_weight: list[float] = option([5.0, 0.5], ge=0)
+    ce_weight: list[float] = option([0.5, 1.0], ge=0)
 
     def __post_init__(self) -> None:
         self.private_aux: Params = {}  # the auxiliary nets' initial copy, when they are not federated
         self.ema_sources: dict[str, str] = {}  # MAN: EMA-copy param -> the backbone param it follows
 
     def validate(self) -> None:
-        key = "trainer"
-        _require(self.method in METHODS, f"unknown {key}.method '{self.method}'; choose one of: {', '.join(METHODS)}")
-        _require(self.blocks >= 1, f"{key}.blocks must be >= 1, got {self.blocks}")
-        _require(self.aux in AUX_MODES, f"unknown {key}.aux '{self.aux}'; choose one of: {', '.join(AUX_MODES)}")
-        _require(self.depth >= 1, f"{key}.depth must be >= 1, got {self.depth}")
-        _require(0 <= self.pyramid_coeff <= 1, f"{key}.pyramid_coeff must be in [0, 1], got {self.pyramid_coeff}")
-        _require(0 <= self.ema_momentum <= 1, f"{key}.ema_momentum must be in [0, 1], got {self.ema_momentum}")
         for name in ("recon_weight", "ce_weight"):
             pair = getattr(self, name)
-            _require(len(pair) == 2 and min(pair) >= 0, f"{key}.{name} must be [first, last] weights >= 0, got {pair}")
+            _require(len(pair) == 2, f"trainer.{name} must be [first, last] weights >= 0, got {pair}")
         _require(
             all(r + c > 0 for r, c in zip(self.recon_weight, self.ce_weight)),
-            f"{key}: recon_weight + ce_weight must be > 0 at both ends, or a block gets no gradient",
+            "trainer: recon_weight + ce_weight must be > 0 at both ends, or a block gets no gradient",
         )
 
     def build_model(

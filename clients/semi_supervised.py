@@ -38,7 +38,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fedsim import seeding
-from fedsim.errors import ConfigError
+from fedsim.config import option
 from fedsim.local import ClientJob, ClientUpdate, LocalEnv
 from fedsim.schedule import batch_seeds, client_batches
 from fedsim.strategy import Batch
@@ -83,22 +83,11 @@ class SemiSupervisedTrainer(ClientTrainer):
     vectorizes: ClassVar[bool] = False  # pseudo-labels between phases: one client at a time
     metric_columns: ClassVar[tuple[str, ...]] = tuple(PSEUDO_LABEL_COLUMNS)
 
-    schedule: str = "sequential"
-    unlabelled_steps: int = 5
-    unlabelled_batch_ratio: int = 1
-    augment: str = "none"
-    sample_count: str = "all"
-
-    def validate(self) -> None:
-        require_choice("schedule", self.schedule, SCHEDULES)
-        require_choice("augment", self.augment, AUGMENTATIONS)
-        require_choice("sample_count", self.sample_count, SAMPLE_COUNTS)
-        if self.unlabelled_steps < 1:
-            raise ConfigError(f"trainer.unlabelled_steps must be >= 1, got {self.unlabelled_steps}")
-        if self.unlabelled_batch_ratio < 1:
-            raise ConfigError(
-                f"trainer.unlabelled_batch_ratio must be >= 1, got {self.unlabelled_batch_ratio}"
-            )
+    schedule: str = option("sequential", choices=SCHEDULES)
+    unlabelled_steps: int = option(5, ge=1)
+    unlabelled_batch_ratio: int = option(1, ge=1)
+    augment: str = option("none", choices=AUGMENTATIONS)
+    sample_count: str = option("all", choices=SAMPLE_COUNTS)
 
     def pseudo_targets(self, local_probs: torch.Tensor, global_probs: torch.Tensor) -> PseudoLabels:
         """The unlabelled loss from the local and global experts' class probabilities [N, C]."""
@@ -109,12 +98,6 @@ class SemiSupervisedTrainer(ClientTrainer):
 
     def round_metrics(self, reports: list, hidden_labels: list[torch.Tensor]) -> dict[str, float]:
         return pseudo_label_metrics(reports, hidden_labels)
-
-
-def require_choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    """Raise a one-line ConfigError unless trainer option `key` is one of `options`."""
-    if value not in options:
-        raise ConfigError(f"trainer.{key} must be one of {', '.join(options)}; got {value!r}")
 
 
 # ----------------------------------------------------------------------------- augmentation

@@ -31,9 +31,10 @@ import torch
 from safetensors.torch import load, save
 
 from fedsim.client_state import flatten, unflatten
-from fedsim.config import Config
+from fedsim.config import Config, config_from_dict
 from fedsim.engine import Callback, Simulation, SimulationState
 from fedsim.errors import ConfigError
+from fedsim.plugins import resolved
 from fedsim.results import RunFolder
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -67,7 +68,7 @@ def save_checkpoint(run_dir: str | Path, state: SimulationState, config: Config)
         "round": state.round,
         "wall_s": state.wall_s,
         "history": state.history,
-        "config": config.to_toml(),
+        "config": resolved(config).to_toml(),
     }
     _write_durably(staging / STATE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
     shutil.rmtree(final, ignore_errors=True)
@@ -144,8 +145,13 @@ def _flat_tensors(state: SimulationState) -> dict[str, torch.Tensor]:
 
 
 def config_differences(saved_toml: str, config: Config) -> list[str]:
-    """Dotted keys whose values differ between a saved config (TOML text) and `config`."""
-    return _changed_keys(tomllib.loads(saved_toml), tomllib.loads(config.to_toml()))
+    """Dotted keys whose values differ between a saved config (TOML text) and `config`.
+
+    Both are compared resolved, so a default written out on one side and left implicit on the
+    other is no difference.
+    """
+    saved = resolved(config_from_dict(tomllib.loads(saved_toml)))
+    return _changed_keys(tomllib.loads(saved.to_toml()), tomllib.loads(resolved(config).to_toml()))
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -1,13 +1,31 @@
-"""Experiment configuration: typed sections, TOML loading, dotted overrides, validation.
+"""Experiment configuration: one schema, TOML loading, dotted overrides.
 
 A config is validated whole before any work starts. Every user mistake becomes a
 `ConfigError` with one line that names the key and, where it can, the fix.
+
+The schema is the dataclasses below and the plugins' own dataclasses (a strategy's, trainer's
+or model's fields are its hyperparameters). Each field declares its type by annotation and
+its range or choices once, with `option`:
+
+    lr: float = option(0.05, gt=0)
+    weighting: str = option("samples", choices=("samples", "uniform"))
+    hidden: list[int] = option([128], gt=0)        # a list: every item is checked
+
+`build_section` enforces all of it when a section is built from a table: unknown keys (with
+"did you mean"), wrong types, values out of range, values not among the choices (with "did
+you mean"). A plugin's `validate()` is left for rules that span several of its fields, and
+`fedsim.validate` for rules that span sections or need the machine (device, Ray, resources).
+
+`[strategy]`, `[trainer]` and `[model]` are named tables (`NAMED_TABLES`): `name` picks the
+plugin (fedsim.plugins resolves it), the other keys are its fields, and a sub-table per name
+(`[strategy.fedavgm] momentum = 0.5`) applies only when that plugin is chosen.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import operator
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -19,82 +37,114 @@ import tomli_w
 from fedsim.errors import ConfigError
 
 
+def option(
+    default: Any,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A dataclass field with its default and the range or choices `build_section` enforces."""
+    checks = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    metadata = {"checks": {k: v for k, v in checks.items() if v is not None}}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class DataConfig:
     """Which dataset, and how it is split over clients."""
 
-    dataset: str = "digits"
+    dataset: str = "digits"  # a registered dataset, hf:<hub name>, package.module:Class or file.py:Class
     path: str = ""  # local copy of a hub dataset (hf:<name>)
-    num_clients: int = 20
-    partitioner: str = "dirichlet"
-    alpha: float = 0.5  # Dirichlet concentration (label skew, or size skew for "quantity")
-    min_partition_size: int = 2
-    classes_per_client: int = 2  # pathological
-    shards_per_client: int = 2  # shard
-    test_fraction: float = 0.2
-    samples: int = 0  # total samples for generated datasets; 0 = the dataset's default
-    synthetic_alpha: float = 1.0
-    synthetic_beta: float = 1.0
-    label_ratio: float = 1.0  # share of each client's samples that keep their label (stratified, seeded)
+    num_clients: int = option(20, ge=1)
+    partitioner: str = "dirichlet"  # a registered partitioner, package.module:Class or file.py:Class
+    alpha: float = option(0.5, gt=0)  # Dirichlet concentration (label skew, or size skew for "quantity")
+    min_partition_size: int = option(2, ge=0)
+    classes_per_client: int = option(2, ge=1)  # pathological
+    shards_per_client: int = option(2, ge=1)  # shard
+    test_fraction: float = option(0.2, gt=0, lt=1)
+    samples: int = option(0, ge=0)  # total samples for generated datasets; 0 = the dataset's default
+    synthetic_alpha: float = option(1.0, ge=0)
+    synthetic_beta: float = option(1.0, ge=0)
+    label_ratio: float = option(1.0, gt=0, le=1)  # share of each client's samples that keep their label
 
 
-@dataclass
-class ModelConfig:
-    """Which network every client trains."""
+class PluginTable(dict):
+    """A named table (`[strategy]`, `[trainer]`, `[model]`): `name` plus the plugin's fields.
 
-    name: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [128])  # MLP hidden widths
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # CNN conv widths
+    A plain dict, so it is written to TOML as one; `.name` reads `self["name"]`.
+    """
+
+    @property
+    def name(self) -> str:
+        return self["name"]
+
+
+ModelConfig = PluginTable  # the type of `Config.model`, by the name its callers import
 
 
 @dataclass
 class TrainConfig:
     """The federated schedule and the clients' local optimiser."""
 
-    rounds: int = 30
-    fraction: float = 1.0  # share of clients sampled per round
-    local_epochs: int = 2
-    local_steps: int = 0  # > 0: a fixed number of local steps instead of epochs
-    batch_size: int = 32
-    lr: float = 0.05
-    lr_decay: float = 1.0  # lr of round r is lr * lr_decay**r
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # local SGD momentum, reset every round
-    clip_norm: float = 0.0  # > 0: clip each local step's direction to this norm
-    dropout: float = 0.0  # share of sampled clients that never report in a round
-    min_local_work: float = 1.0  # each client does a random share in [this, 1] of its local steps
-    eval_every: int = 1
-    eval_batch_size: int = 1024
-    checkpoint_every: int = 0  # > 0: checkpoint every this many rounds (fedsim run --resume); 0 = off
+    rounds: int = option(30, ge=1)
+    fraction: float = option(1.0, gt=0, le=1)  # share of clients sampled per round
+    local_epochs: int = option(2, ge=0)
+    local_steps: int = option(0, ge=0)  # > 0: a fixed number of local steps instead of epochs
+    batch_size: int = option(32, ge=1)
+    lr: float = option(0.05, gt=0)
+    lr_decay: float = option(1.0, gt=0, le=1)  # lr of round r is lr * lr_decay**r
+    weight_decay: float = option(0.0, ge=0)
+    momentum: float = option(0.0, ge=0, lt=1)  # local SGD momentum, reset every round
+    clip_norm: float = option(0.0, ge=0)  # > 0: clip each local step's direction to this norm
+    dropout: float = option(0.0, ge=0, lt=1)  # share of sampled clients that never report in a round
+    min_local_work: float = option(1.0, gt=0, le=1)  # each client does a random share in [this, 1] of its steps
+    eval_every: int = option(1, ge=1)
+    eval_batch_size: int = option(1024, ge=1)
+    checkpoint_every: int = option(0, ge=0)  # > 0: checkpoint every this many rounds (fedsim run --resume)
+
+
+BACKENDS: dict[str, str] = {  # engine.backend: each backend, made by fedsim.backends.make_backend
+    "serial": "one process, clients one after another (the reference)",
+    "flower": "Flower's simulation engine: ClientApps on Ray actors (docs/flower.md)",
+    "vectorized": "one process, a chunk of clients trained at once with torch.func.vmap (small models)",
+    "auto": "vectorized when the model is small and vectorizes, else serial (docs/backends.md)",
+    "ray": "a persistent pool of Ray actors on this machine or a cluster (docs/ray.md)",
+}
+WORKER_BACKENDS = ("serial", "vectorized", "auto")  # engine.worker_backend: how a Ray actor trains its share
 
 
 @dataclass
 class EngineConfig:
     """Where local training runs."""
 
-    backend: str = "serial"
+    backend: str = option("serial", choices=tuple(BACKENDS))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_clients_per_batch: int = 0  # vectorized: clients trained at once; 0 = as many as fit memory
-    workers: int = 0  # ray: actors in the pool; 0 = as many as the CPUs/GPUs hold at the sizes below
-    cpus_per_worker: float = 1.0  # ray: CPUs each actor reserves (and its torch threads)
-    gpus_per_worker: float = 0.0  # ray: GPUs each actor reserves; fractions share a GPU (e.g. 0.25)
+    max_clients_per_batch: int = option(0, ge=0)  # vectorized: clients trained at once; 0 = as many as fit
+    workers: int = option(0, ge=0)  # ray: actors in the pool; 0 = as many as the CPUs/GPUs hold
+    cpus_per_worker: float = option(1.0, gt=0)  # ray: CPUs each actor reserves (and its torch threads)
+    gpus_per_worker: float = option(0.0, ge=0)  # ray: GPUs each actor reserves; fractions share a GPU
     ray_address: str = ""  # ray: join this cluster (host:port of `ray start --head`); "" = a local instance
-    max_retries: int = 2  # ray: times per round a dead actor is replaced and its share retried
-    worker_backend: str = "serial"  # ray: how each actor trains its share: serial | vectorized | auto
+    max_retries: int = option(2, ge=0)  # ray: times per round a dead actor is replaced and its share retried
+    worker_backend: str = option("serial", choices=WORKER_BACKENDS)  # ray: how each actor trains its share
     track_memory: bool = False  # per-client peak activation bytes in metrics.csv (slows small models)
 
 
 @dataclass
 class Config:
-    """A whole experiment. `strategy` holds `name` plus that strategy's hyperparameters."""
+    """A whole experiment. `strategy`, `trainer` and `model` hold `name` plus that plugin's fields."""
 
     name: str = "experiment"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: PluginTable = field(default_factory=lambda: PluginTable(name="mlp"))
     train: TrainConfig = field(default_factory=TrainConfig)
-    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
-    trainer: dict[str, Any] = field(default_factory=lambda: {"name": "backprop"})
+    strategy: PluginTable = field(default_factory=lambda: PluginTable(name="fedavg"))
+    trainer: PluginTable = field(default_factory=lambda: PluginTable(name="backprop"))
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,7 +157,8 @@ class Config:
 # --------------------------------------------------------------------------- parsing
 
 
-def _closest(key: str, options: list[str], prefix: str) -> str:
+def closest(key: str, options: list[str], prefix: str = "") -> str:
+    """' (did you mean 'PREFIX+option'?)' for the option closest to `key`, or ''."""
     match = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     return f" (did you mean '{prefix}{match[0]}'?)" if match else ""
 
@@ -138,15 +189,16 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Instantiate the dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    """Instantiate the dataclass `cls` from a dict, enforcing the schema (see the module docstring)."""
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    checks = {f.name: f.metadata.get("checks", {}) for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         dotted = f"{prefix}{key}"
         if key not in names:
             raise ConfigError(
-                f"unknown config key '{dotted}'{_closest(key, names, prefix)}; valid keys: "
+                f"unknown config key '{dotted}'{closest(key, names, prefix)}; valid keys: "
                 + ", ".join(prefix + n for n in names)
             )
         tp = hints[key]
@@ -156,7 +208,37 @@ def build_section(cls: type, values: dict[str, Any], prefix: str) -> Any:
             kwargs[key] = build_section(tp, value, dotted + ".")
         else:
             kwargs[key] = coerce(value, tp, dotted)
+            check(kwargs[key], checks[key], dotted)
     return cls(**kwargs)
+
+
+_BOUNDS = {  # op -> (test, as a comparison, as an interval bracket)
+    "ge": (operator.ge, ">=", "["),
+    "gt": (operator.gt, ">", "("),
+    "le": (operator.le, "<=", "]"),
+    "lt": (operator.lt, "<", ")"),
+}
+
+
+def check(value: Any, checks: dict[str, Any], key: str) -> None:
+    """Enforce a field's declared range and choices (`option`); a list has each item checked."""
+    items = value if isinstance(value, list) else [value]
+    choices = checks.get("choices")
+    for item in items:
+        if choices is not None and item not in choices:
+            hint = closest(str(item), list(choices))
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {item!r}{hint}")
+    bounds = [(op, checks[op]) for op in _BOUNDS if op in checks]
+    if all(_BOUNDS[op][0](item, bound) for op, bound in bounds for item in items):
+        return
+    if len(bounds) == 2:
+        (low, a), (high, b) = bounds
+        rule = f"in {_BOUNDS[low][2]}{a:g}, {b:g}{_BOUNDS[high][2]}"
+    else:
+        ((op, bound),) = bounds
+        rule = f"{_BOUNDS[op][1]} {bound:g}"
+    what = f"{key} values" if isinstance(value, list) else key
+    raise ConfigError(f"{what} must be {rule}, got {value}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -197,7 +279,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
     """Read a TOML file (or start from defaults), apply `key=value` overrides, build a Config.
 
-    Only structure and types are checked here; `fedsim.validate.validate` checks meaning.
+    The schema is enforced here; plugin names and rules spanning sections are checked by
+    `fedsim.validate.validate`.
     """
     tree = read_toml(path) if path is not None else {}
     for text in overrides:
@@ -205,7 +288,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     return config_from_dict(tree)
 
 
-NAMED_TABLES = {"strategy": "fedavg", "trainer": "backprop"}  # tables of a plugin's name + its hyperparameters
+NAMED_TABLES = {"strategy": "fedavg", "trainer": "backprop", "model": "mlp"}  # name -> the default plugin
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
@@ -215,7 +298,7 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
         table = tree.pop(key, {"name": default})
         if not isinstance(table, dict):
             raise ConfigError(f"config key '{key}' must be a table")
-        table = {"name": default, **table}
+        table = PluginTable({"name": default, **table})
         if not isinstance(table["name"], str):
             raise ConfigError(f"config key '{key}.name' must be a string")
         named[key] = table

@@ -1,59 +1,92 @@
-"""Model registry: the networks clients train.
+"""Models: the networks clients train, and the model interface a plugin implements.
 
-All models are free of running-statistics buffers (GroupNorm, not BatchNorm), so a model's
-state is exactly its parameters and every backend, including `torch.func.vmap`, can train it.
+A model is a dataclass subclass of `Model` whose fields are its hyperparameters (the `[model]`
+table of a config, next to `name`), with `build(input_shape, num_classes) -> nn.Module`.
+Register it in the `fedsim.models` entry-point group, or name it as `model.name =
+"package.module:Class"` / `"path/to/file.py:Class"`; the built-ins below register the same way.
+`build_model` seeds torch's generator around `build`, so the same seed gives the same weights.
+
+All built-in models are free of running-statistics buffers (GroupNorm, not BatchNorm), so a
+model's state is exactly its parameters and every backend, including `torch.func.vmap`, can
+train it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from fedsim.config import option
 from fedsim.errors import ConfigError
-
-MODELS: dict[str, str] = {
-    "mlp": "multi-layer perceptron on flattened inputs (model.hidden sets the widths)",
-    "cnn": "small CNN, 1-D for sequences (C, L) and 2-D for images (C, H, W) (model.channels)",
-    "resnet18_gn": "CIFAR ResNet-18 with GroupNorm(2), as in FL-Simulator (images only)",
-    "resnet32_gn": "CIFAR ResNet-32 (He et al.): 3 stages of 5 basic blocks, widths 16/32/64, GroupNorm",
-    "resnet110_gn": "CIFAR ResNet-110 (He et al.): 3 stages of 18 basic blocks, widths 16/32/64, GroupNorm",
-}
+from fedsim.plugins import build_named
 
 
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: list[int]) -> nn.Module:
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = math.prod(input_shape)
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+@dataclass
+class Model:
+    """The model interface: fields are hyperparameters; `build` makes the network."""
+
+    name: ClassVar[str] = "model"
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for combinations of fields that make no sense (ranges: `option`)."""
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        raise NotImplementedError
 
 
-def cnn(input_shape: tuple[int, ...], num_classes: int, channels: list[int]) -> nn.Module:
-    """Conv-ReLU-(pool) stacks, then global average pooling and a linear head."""
-    if len(input_shape) not in (2, 3):
-        raise ConfigError(
-            f"model 'cnn' needs inputs shaped (C, L) or (C, H, W), got {input_shape}; use model.name=mlp"
+@dataclass
+class MLP(Model):
+    """Multi-layer perceptron on flattened inputs (model.hidden sets the widths)."""
+
+    name: ClassVar[str] = "mlp"
+
+    hidden: list[int] = option([128], gt=0)
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        return nn.Sequential(*layers)
+
+
+@dataclass
+class CNN(Model):
+    """Small CNN, 1-D for sequences (C, L) and 2-D for images (C, H, W) (model.channels).
+
+    Conv-ReLU-(pool) stacks, then global average pooling and a linear head.
+    """
+
+    name: ClassVar[str] = "cnn"
+
+    channels: list[int] = option([32, 64], gt=0)
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        if len(input_shape) not in (2, 3):
+            raise ConfigError(
+                f"model 'cnn' needs inputs shaped (C, L) or (C, H, W), got {input_shape}; use model.name=mlp"
+            )
+        conv, pool, gap = (
+            (nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d)
+            if len(input_shape) == 2
+            else (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
         )
-    conv, pool, gap = (
-        (nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d)
-        if len(input_shape) == 2
-        else (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
-    )
-    layers: list[nn.Module] = []
-    width, size = input_shape[0], min(input_shape[1:])
-    for out in channels:
-        layers += [conv(width, out, kernel_size=3, padding=1), nn.ReLU()]
-        if size >= 4:
-            layers.append(pool(2))
-            size //= 2
-        width = out
-    layers += [gap(1), nn.Flatten(), nn.Linear(width, num_classes)]
-    return nn.Sequential(*layers)
+        layers: list[nn.Module] = []
+        width, size = input_shape[0], min(input_shape[1:])
+        for out in self.channels:
+            layers += [conv(width, out, kernel_size=3, padding=1), nn.ReLU()]
+            if size >= 4:
+                layers.append(pool(2))
+                size //= 2
+            width = out
+        layers += [gap(1), nn.Flatten(), nn.Linear(width, num_classes)]
+        return nn.Sequential(*layers)
 
 
 class BasicBlock(nn.Module):
@@ -98,34 +131,47 @@ def resnet_gn(
     return nn.Sequential(*layers)
 
 
-def resnet18_gn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """ResNet-18 for 32x32-style images (as FL-Simulator uses): four stages of two blocks."""
-    stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
-    return resnet_gn(input_shape, num_classes, stages, "resnet18_gn")
+@dataclass
+class ResNet18GN(Model):
+    """CIFAR ResNet-18 with GroupNorm(2), as in FL-Simulator (images only).
+
+    Four stages of two basic blocks, widths 64/128/256/512, for 32x32-style images.
+    """
+
+    name: ClassVar[str] = "resnet18_gn"
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
+        return resnet_gn(input_shape, num_classes, stages, self.name)
 
 
-def cifar_resnet(
-    input_shape: tuple[int, ...], num_classes: int, blocks_per_stage: int, name: str
-) -> nn.Module:
-    """The CIFAR ResNet-(6n+2) of He et al. (2016): three stages of n basic blocks with widths
-    16, 32, 64 (stride 2 into stages 2 and 3); GroupNorm and 1x1-conv shortcuts."""
-    stages = [(16, blocks_per_stage, 1), (32, blocks_per_stage, 2), (64, blocks_per_stage, 2)]
-    return resnet_gn(input_shape, num_classes, stages, name)
+@dataclass
+class ResNet32GN(Model):
+    """CIFAR ResNet-32 (He et al.): 3 stages of 5 basic blocks, widths 16/32/64, GroupNorm.
+
+    The CIFAR ResNet-(6n+2) of He et al. (2016): three stages of n basic blocks with widths 16,
+    32, 64 (stride 2 into stages 2 and 3); GroupNorm and 1x1-conv shortcuts.
+    """
+
+    name: ClassVar[str] = "resnet32_gn"
+    blocks_per_stage: ClassVar[int] = 5
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        n = self.blocks_per_stage
+        return resnet_gn(input_shape, num_classes, [(16, n, 1), (32, n, 2), (64, n, 2)], self.name)
 
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {
-    "mlp": lambda shape, classes, cfg: mlp(shape, classes, cfg.hidden),
-    "cnn": lambda shape, classes, cfg: cnn(shape, classes, cfg.channels),
-    "resnet18_gn": lambda shape, classes, cfg: resnet18_gn(shape, classes),
-    "resnet32_gn": lambda shape, classes, cfg: cifar_resnet(shape, classes, 5, "resnet32_gn"),
-    "resnet110_gn": lambda shape, classes, cfg: cifar_resnet(shape, classes, 18, "resnet110_gn"),
-}
+@dataclass
+class ResNet110GN(ResNet32GN):
+    """CIFAR ResNet-110 (He et al.): 3 stages of 18 basic blocks, widths 16/32/64, GroupNorm."""
+
+    name: ClassVar[str] = "resnet110_gn"
+    blocks_per_stage: ClassVar[int] = 18
 
 
-def build_model(cfg, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """Build `cfg.name` for the given input shape with a seeded initialisation."""
-    if cfg.name not in _BUILDERS:
-        raise ConfigError(f"unknown model '{cfg.name}'; choose one of: {', '.join(MODELS)}")
+def build_model(table: dict[str, Any], input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
+    """Build the model a `[model]` table names for the given input shape, initialised from `seed`."""
+    model = build_named("model", table)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _BUILDERS[cfg.name](tuple(input_shape), num_classes, cfg)
+        return model.build(tuple(input_shape), num_classes)

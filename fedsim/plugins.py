@@ -1,9 +1,21 @@
-"""Plugin discovery: an entry-point group per kind, or `module:Class` / `file.py:Class`.
+"""Plugin discovery: one mechanism for every kind of plugin.
 
-Kinds: strategies (`fedsim.strategies`, subclasses of `fedsim.strategy.Strategy`) and client
-trainers (`fedsim.trainers`, subclasses of `fedsim.trainer.ClientTrainer`). The built-ins
-register through the same entry-point groups a third-party package uses, so a plugin is a
-first-class citizen.
+A plugin is named by its entry-point name, `package.module:Class` or `path/to/file.py:Class`:
+
+| kind        | config key         | entry-point group     | interface                              |
+|-------------|--------------------|-----------------------|----------------------------------------|
+| strategy    | `strategy.name`    | `fedsim.strategies`   | `fedsim.strategy.Strategy`             |
+| trainer     | `trainer.name`     | `fedsim.trainers`     | `fedsim.trainer.ClientTrainer`         |
+| model       | `model.name`       | `fedsim.models`       | `fedsim.models.Model`                  |
+| dataset     | `data.dataset`     | `fedsim.datasets`     | `fedsim.data.datasets.Dataset`         |
+| partitioner | `data.partitioner` | `fedsim.partitioners` | `fedsim.data.partition.Partitioner`    |
+
+Strategies, trainers and models are dataclasses built from their named table (`[strategy]`:
+`name` plus the fields); datasets and partitioners read the `[data]` section and are made
+with no arguments. A registered name may take an argument after a colon when its class says
+what it means (`argument`, e.g. `hf:<name>` for a hub dataset). The built-ins register through
+the same entry-point groups a third-party package uses, so a plugin is a first-class citizen.
+Interfaces are imported only when a plugin of their kind is resolved.
 """
 
 from __future__ import annotations
@@ -12,39 +24,97 @@ import dataclasses
 import importlib
 import importlib.util
 import sys
-from importlib.metadata import entry_points
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import build_section
+from fedsim.config import BACKENDS, NAMED_TABLES, Config, PluginTable, build_section, closest
 from fedsim.errors import ConfigError
-from fedsim.strategy import Strategy
-from fedsim.trainer import ClientTrainer
 
-GROUP = "fedsim.strategies"
-TRAINER_GROUP = "fedsim.trainers"
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of plugin: how the config names it, where it registers, what it implements."""
+
+    noun: str  # "strategy", in messages
+    title: str  # "strategies", in `fedsim list`
+    key: str  # the config key that names one
+    group: str  # the entry-point group
+    interface: str  # "module:Class" of the base class
+    from_table: bool  # a dataclass built from a named table, else made with no arguments
+
+    def base(self) -> type:
+        module, attr = self.interface.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+KINDS = {
+    kind.noun: kind
+    for kind in [
+        Kind("strategy", "strategies", "strategy.name", "fedsim.strategies", "fedsim.strategy:Strategy", True),
+        Kind("trainer", "trainers", "trainer.name", "fedsim.trainers", "fedsim.trainer:ClientTrainer", True),
+        Kind("model", "models", "model.name", "fedsim.models", "fedsim.models:Model", True),
+        Kind("dataset", "datasets", "data.dataset", "fedsim.datasets", "fedsim.data.datasets:Dataset", False),
+        Kind(
+            "partitioner", "partitioners", "data.partitioner", "fedsim.partitioners",
+            "fedsim.data.partition:Partitioner", False,
+        ),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One row of `fedsim list`: a name to put in the config, what it is, which package provides it."""
+
+    name: str
+    description: str
+    source: str
+
+
+def _registered(kind: Kind) -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in sorted(entry_points(group=kind.group), key=lambda e: e.name)}
+
+
+def _summary(obj: Any) -> str:
+    doc = (obj.__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def listing(kind: str) -> list[Listing]:
+    """The registered plugins of a kind, by name."""
+    rows = []
+    for name, ep in _registered(KINDS[kind]).items():
+        source = ep.dist.name if ep.dist is not None else "?"
+        try:
+            cls = ep.load()
+        except Exception as err:  # a broken third-party plugin must not break `fedsim list`
+            rows.append(Listing(name, f"(failed to load: {err})", source))
+            continue
+        argument = getattr(cls, "argument", "")
+        rows.append(Listing(f"{name}:<{argument}>" if argument else name, _summary(cls), source))
+    return rows
+
+
+def catalogue() -> dict[str, list[Listing]]:
+    """Everything `fedsim list` shows, by section title: every kind's plugins, then the backends."""
+    found = {f"{kind.title} ({kind.key})": listing(noun) for noun, kind in KINDS.items()}
+    found["backends (engine.backend)"] = [Listing(n, text, "fedsim") for n, text in BACKENDS.items()]
+    return found
+
+
+def available(kind: str) -> dict[str, str]:
+    """Registered names of a kind -> the first line of each class's docstring."""
+    return {row.name: row.description for row in listing(kind)}
 
 
 def available_strategies() -> dict[str, str]:
-    """Registered strategy names -> the first line of each class's docstring."""
-    return available(GROUP)
+    return available("strategy")
 
 
 def available_trainers() -> dict[str, str]:
-    """Registered client-trainer names -> the first line of each class's docstring."""
-    return available(TRAINER_GROUP)
-
-
-def available(group: str) -> dict[str, str]:
-    """Registered names of entry-point `group` -> the first line of each class's docstring."""
-    found = {}
-    for ep in sorted(entry_points(group=group), key=lambda e: e.name):
-        try:
-            doc = (ep.load().__doc__ or "").strip().splitlines()
-        except Exception as err:  # a broken third-party plugin must not break `fedsim list`
-            doc = [f"(failed to load: {err})"]
-        found[ep.name] = doc[0] if doc else ""
-    return found
+    return available("trainer")
 
 
 def _load_from_file(path: str, attr: str) -> Any:
@@ -68,19 +138,19 @@ def _ship_by_value(module) -> None:
     cloudpickle.register_pickle_by_value(module)
 
 
-def strategy_class(name: str) -> type[Strategy]:
-    """Resolve a strategy name, `package.module:Class` or `path/to/file.py:Class`."""
-    return plugin_class(name, GROUP, Strategy, "strategy")
-
-
-def trainer_class(name: str) -> type[ClientTrainer]:
-    """Resolve a client-trainer name, `package.module:Class` or `path/to/file.py:Class`."""
-    return plugin_class(name, TRAINER_GROUP, ClientTrainer, "trainer")
-
-
-def plugin_class(name: str, group: str, base: type, kind: str) -> type:
-    """The dataclass subclass of `base` that `name` names in entry-point `group` (or by path)."""
-    if ":" in name:
+def plugin_class(kind: str, name: str) -> type:
+    """The class `name` names for `kind` ("strategy", "model", ...): registered or by path."""
+    spec = KINDS[kind]
+    registered = _registered(spec)
+    head, colon, argument = name.partition(":")
+    if head in registered:
+        cls = registered[head].load()
+        takes = getattr(cls, "argument", "")
+        if colon and not takes:
+            raise ConfigError(f"{spec.noun} '{head}' takes no ':' argument; set {spec.key}={head}")
+        if takes and not argument:
+            raise ConfigError(f"{spec.noun} '{head}' needs its {takes} after a colon: {spec.key}={head}:<{takes}>")
+    elif colon:
         target, attr = name.rsplit(":", 1)
         if target.endswith(".py"):
             cls = _load_from_file(target, attr)
@@ -88,42 +158,78 @@ def plugin_class(name: str, group: str, base: type, kind: str) -> type:
             try:
                 cls = getattr(importlib.import_module(target), attr, None)
             except ImportError as err:
-                raise ConfigError(f"cannot import {kind} module '{target}': {err}") from None
+                raise ConfigError(f"cannot import {spec.noun} module '{target}': {err}") from None
         if cls is None:
-            raise ConfigError(f"{kind} '{name}': no class '{attr}' in '{target}'")
+            raise ConfigError(f"{spec.noun} '{name}': no class '{attr}' in '{target}'")
     else:
-        matches = [ep for ep in entry_points(group=group) if ep.name == name]
-        if not matches:
-            names = sorted(ep.name for ep in entry_points(group=group))
-            raise ConfigError(f"unknown {kind} '{name}'; choose one of: {', '.join(names)}")
-        cls = matches[0].load()
-    if not (isinstance(cls, type) and issubclass(cls, base) and dataclasses.is_dataclass(cls)):
         raise ConfigError(
-            f"{kind} '{name}' is not a dataclass subclass of {base.__module__}.{base.__qualname__}"
+            f"unknown {spec.noun} '{name}'; choose one of: {', '.join(available(kind))}"
+            + closest(name, list(registered))
         )
+    base = spec.base()
+    if not (isinstance(cls, type) and issubclass(cls, base)) or (spec.from_table and not dataclasses.is_dataclass(cls)):
+        what = "a dataclass subclass" if spec.from_table else "a subclass"
+        raise ConfigError(f"{spec.noun} '{name}' is not {what} of {base.__module__}.{base.__qualname__}")
     return cls
 
 
-def build_strategy(table: dict[str, Any]) -> Strategy:
+def strategy_class(name: str) -> type:
+    """Resolve a strategy name, `package.module:Class` or `path/to/file.py:Class`."""
+    return plugin_class("strategy", name)
+
+
+def trainer_class(name: str) -> type:
+    """Resolve a client-trainer name, `package.module:Class` or `path/to/file.py:Class`."""
+    return plugin_class("trainer", name)
+
+
+def build_strategy(table: dict[str, Any]):
     """Instantiate the strategy a config's `[strategy]` table names, checking its parameters."""
-    return build_named(table, strategy_class, "strategy.")
+    return build_named("strategy", table)
 
 
-def build_trainer(table: dict[str, Any]) -> ClientTrainer:
+def build_trainer(table: dict[str, Any]):
     """Instantiate the client trainer a config's `[trainer]` table names, checking its parameters."""
-    return build_named(table, trainer_class, "trainer.")
+    return build_named("trainer", table)
 
 
-def build_named(table: dict[str, Any], resolve, prefix: str):
-    """The plugin a `[strategy]`-like table names, built from its keys and validated.
+def build_named(kind: str, table: dict[str, Any]):
+    """The plugin a named table (`[strategy]`, `[trainer]`, `[model]`) names, built and validated.
 
     Sub-tables hold per-plugin parameters (`[strategy.fedavgm] momentum = 0.9`); only the
-    chosen plugin's sub-table applies, so one config can sweep over plugin names.
+    chosen plugin's sub-table applies, so one config can sweep over plugin names. A key set
+    both in the table and in the chosen sub-table is an error, not a silent choice.
     """
+    prefix = KINDS[kind].key.removesuffix("name")
     params = dict(table)
     name = params.pop("name")
     per_name = {key: params.pop(key) for key in list(params) if isinstance(params[key], dict)}
+    for key in per_name.get(name, {}).keys() & params.keys():
+        raise ConfigError(f"{prefix}{key} is set in [{prefix[:-1]}] and in [{prefix}{name}]; keep one")
     params.update(per_name.get(name, {}))
-    plugin = build_section(resolve(name), params, prefix)
+    plugin = build_section(plugin_class(kind, name), params, prefix)
     plugin.validate()
     return plugin
+
+
+def make(kind: str, name: str):
+    """A dataset or partitioner instance (they take their settings from `[data]` when used)."""
+    return plugin_class(kind, name)()
+
+
+def resolved(config: Config) -> Config:
+    """`config` with every field of its strategy, trainer and model written out, defaults included.
+
+    A run folder records this form, so a run says all its hyperparameters; loading it back
+    builds the same plugins. The chosen plugin's sub-table is folded into the table; the other
+    plugins' sub-tables are kept as they were.
+    """
+    tables = {}
+    for key in NAMED_TABLES:
+        table = getattr(config, key)
+        plugin = build_named(key, table)
+        values = dataclasses.asdict(plugin)
+        fields = {f.name: values[f.name] for f in dataclasses.fields(plugin) if f.init}
+        others = {k: v for k, v in table.items() if k != table["name"]}
+        tables[key] = PluginTable({**others, **fields})
+    return dataclasses.replace(config, **tables)

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from fedsim.data import partition_table
 from fedsim.engine import Callback, Simulation
+from fedsim.plugins import resolved
 
 METRIC_COLUMNS = [
     "round", "test_accuracy", "test_loss", "train_loss", "num_clients", "lr", "round_s", "wall_s",
@@ -33,7 +34,7 @@ class RunFolder(Callback):
 
     def on_run_start(self, sim: Simulation) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "config.toml").write_text(sim.config.to_toml())
+        (self.path / "config.toml").write_text(resolved(sim.config).to_toml())  # defaults written out
         table = partition_table(sim.partition, sim.train_labels, sim.dataset.num_classes)
         table.to_csv(self.path / "partition.csv", index=False)
         self.columns = METRIC_COLUMNS + sim.diagnostic_columns  # e.g. pseudo-label diagnostics

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from fedsim import tree
-from fedsim.errors import ConfigError
+from fedsim.config import option
 from fedsim.strategy import Aggregate, Batch, GradFn, LocalContext, LocalSummary, RoundInfo, State, Strategy
 from fedsim.tree import Params
 
@@ -34,20 +34,10 @@ class FedAvgMomentum(Strategy):
 
     name: ClassVar[str] = "fedavg_m"
 
-    beta: float = 0.1
-    server_lr: float = 1.0
-    server_lr_scale: str = "local"
-    momentum_init: str = "zero"
-
-    def validate(self) -> None:
-        if not 0 < self.beta <= 1:
-            raise ConfigError(f"strategy.beta must be in (0, 1], got {self.beta}")
-        if self.server_lr <= 0:
-            raise ConfigError(f"strategy.server_lr must be > 0, got {self.server_lr}")
-        if self.server_lr_scale not in ("local", "absolute"):
-            raise ConfigError("strategy.server_lr_scale must be 'local' or 'absolute'")
-        if self.momentum_init not in ("zero", "first_round"):
-            raise ConfigError("strategy.momentum_init must be 'zero' or 'first_round'")
+    beta: float = option(0.1, gt=0, le=1)
+    server_lr: float = option(1.0, gt=0)
+    server_lr_scale: str = option("local", choices=("local", "absolute"))
+    momentum_init: str = option("zero", choices=("zero", "first_round"))
 
     # ---- server side -------------------------------------------------------------------
     def init_server_state(self, params: Params) -> State:

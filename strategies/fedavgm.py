@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from fedsim import tree
-from fedsim.errors import ConfigError
+from fedsim.config import option
 from fedsim.strategy import Aggregate, RoundInfo, State
 from fedsim.tree import Params
 from strategies.fedavg import FedAvg
@@ -26,15 +26,8 @@ class FedAvgM(FedAvg):
 
     name: ClassVar[str] = "fedavgm"
 
-    server_lr: float = 1.0
-    momentum: float = 0.9
-
-    def validate(self) -> None:
-        super().validate()
-        if self.server_lr <= 0:
-            raise ConfigError(f"strategy.server_lr must be > 0, got {self.server_lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"strategy.momentum must be in [0, 1), got {self.momentum}")
+    server_lr: float = option(1.0, gt=0)
+    momentum: float = option(0.9, ge=0, lt=1)
 
     def init_server_state(self, params: Params) -> State:
         return {"v": tree.zeros_like(params)}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fedsim import tree
-from fedsim.errors import ConfigError
+from fedsim.config import option
 from fedsim.strategy import Aggregate, RoundInfo, State, Strategy
 from fedsim.tree import Params
 
@@ -59,17 +59,9 @@ class FedLD(Strategy):
     name: ClassVar[str] = "fedld"
     needs_all_uploads: ClassVar[bool] = True
 
-    margin_penalty: float = 0.03
-    margin_norm: str = "batch"
-    k_proportion: float = 0.8
-
-    def validate(self) -> None:
-        if self.margin_penalty < 0:
-            raise ConfigError(f"strategy.margin_penalty must be >= 0, got {self.margin_penalty}")
-        if self.margin_norm not in ("batch", "sample"):
-            raise ConfigError("strategy.margin_norm must be 'batch' or 'sample'")
-        if not 0 < self.k_proportion <= 1:
-            raise ConfigError(f"strategy.k_proportion must be in (0, 1], got {self.k_proportion}")
+    margin_penalty: float = option(0.03, ge=0)
+    margin_norm: str = option("batch", choices=("batch", "sample"))
+    k_proportion: float = option(0.8, gt=0, le=1)
 
     def objective(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         probs = F.softmax(logits, dim=1)

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from fedsim import tree
-from fedsim.errors import ConfigError
+from fedsim.config import option
 from fedsim.strategy import Batch, GradFn, LocalContext, State
 from fedsim.tree import Params
 from strategies.fedavg import FedAvg
@@ -25,12 +25,7 @@ class FedProx(FedAvg):
 
     name: ClassVar[str] = "fedprox"
 
-    mu: float = 0.01
-
-    def validate(self) -> None:
-        super().validate()
-        if self.mu < 0:
-            raise ConfigError(f"strategy.mu must be >= 0, got {self.mu}")
+    mu: float = option(0.01, ge=0)
 
     def local_step(
         self, params: Params, batch: Batch, grad_fn: GradFn, carry: State, ctx: LocalContext

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from fedsim import tree
-from fedsim.errors import ConfigError
+from fedsim.config import option
 from fedsim.strategy import Aggregate, Batch, GradFn, LocalContext, LocalSummary, RoundInfo, State, Strategy
 from fedsim.tree import Params
 
@@ -38,20 +38,10 @@ class FedSpeed(Strategy):
 
     name: ClassVar[str] = "fedspeed"
 
-    rho: float = 0.1
-    alpha: float = 0.9
-    lam: float = 10.0
-    variant: str = "paper"
-
-    def validate(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"strategy.variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
-        if self.rho < 0:
-            raise ConfigError(f"strategy.rho must be >= 0, got {self.rho}")
-        if not 0 <= self.alpha <= 1:
-            raise ConfigError(f"strategy.alpha must be in [0, 1], got {self.alpha}")
-        if self.lam <= 0:
-            raise ConfigError(f"strategy.lam must be > 0, got {self.lam}")
+    rho: float = option(0.1, ge=0)
+    alpha: float = option(0.9, ge=0, le=1)
+    lam: float = option(10.0, gt=0)
+    variant: str = option("paper", choices=VARIANTS)
 
     # ---- server side -------------------------------------------------------------------
     def init_server_state(self, params: Params) -> State:

@@ -8,10 +8,10 @@ from typing import ClassVar
 import torch
 
 from fedsim import tree
-from fedsim.errors import ConfigError
+from fedsim.config import option
 from fedsim.strategy import Aggregate, Batch, GradFn, LocalContext, LocalSummary, RoundInfo, State
 from fedsim.tree import Params
-from strategies.fedavg import FedAvg
+from strategies.fedavg import WEIGHTINGS, FedAvg
 
 
 @dataclass
@@ -27,13 +27,8 @@ class Scaffold(FedAvg):
 
     name: ClassVar[str] = "scaffold"
 
-    weighting: str = "uniform"
-    server_lr: float = 1.0
-
-    def validate(self) -> None:
-        super().validate()
-        if self.server_lr <= 0:
-            raise ConfigError(f"strategy.server_lr must be > 0, got {self.server_lr}")
+    weighting: str = option("uniform", choices=WEIGHTINGS)
+    server_lr: float = option(1.0, gt=0)
 
     def init_server_state(self, params: Params) -> State:
         return {"c": tree.zeros_like(params)}

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedsim.data import DATASETS, load_dataset, numpy_columns
+from fedsim.data import load_dataset, numpy_columns
 from fedsim.errors import ConfigError, DatasetUnavailable
+from fedsim.plugins import available
 
 
 def test_digits_shapes_range_and_stratified_split():
@@ -79,14 +80,32 @@ def test_synthetic_samples_and_seed():
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ConfigError, match="digits, mnist1d, synthetic"):
+    with pytest.raises(ConfigError, match="unknown dataset 'cifar'; choose one of: digits, hf:<name>, mnist1d"):
         load_dataset("cifar", seed=0, num_clients=1)
-    assert set(DATASETS) == {"digits", "mnist1d", "synthetic", "hf:<name>"}
+    assert set(available("dataset")) == {"digits", "mnist1d", "synthetic", "hf:<name>"}
 
 
-@pytest.mark.parametrize("kwargs", [{"test_fraction": 0.0}, {"test_fraction": 1.0}, {"samples": -1}])
-def test_bad_arguments_are_config_errors(kwargs):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize(
+    "name, message",
+    [("hf", "needs its name after a colon: data.dataset=hf:<name>"), ("digits:x", "takes no ':' argument")],
+)
+def test_registered_names_and_their_arguments(name, message):
+    with pytest.raises(ConfigError, match=message):
+        load_dataset(name, seed=0, num_clients=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"test_fraction": 0.0}, r"data.test_fraction must be in \(0, 1\), got 0.0"),
+        ({"test_fraction": 1.0}, r"data.test_fraction must be in \(0, 1\), got 1.0"),
+        ({"samples": -1}, "data.samples must be >= 0, got -1"),
+        ({"synthetic_alpha": -1}, "data.synthetic_alpha must be >= 0"),
+        ({"test_fractoin": 0.1}, "did you mean 'data.test_fraction'"),
+    ],
+)
+def test_bad_arguments_are_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
         load_dataset("digits", seed=0, num_clients=1, **kwargs)
 
 

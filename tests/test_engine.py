@@ -7,6 +7,7 @@ import torch
 
 from fedsim.engine import Simulation, cohort_size
 from fedsim.errors import ConfigError, TrainingDiverged
+from fedsim.plugins import resolved
 from fedsim.results import RunFolder, load_weights
 from tests.conftest import QUICKSTART
 from fedsim.config import load_config
@@ -47,7 +48,7 @@ def test_run_folder_contents(config_factory, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.toml", "metrics.csv", "model.safetensors", "partition.csv", "summary.json",
     ]
-    assert load_config(tmp_path / "config.toml") == sim.config
+    assert load_config(tmp_path / "config.toml") == resolved(sim.config)  # every default written out
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert list(metrics["round"]) == [1, 2, 3]
     for column in ("test_accuracy", "test_loss", "train_loss", "num_clients", "wall_s"):

@@ -5,6 +5,7 @@ relative 1e-5, flower == serial bit for bit."""
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -65,23 +66,44 @@ def test_local_adam_is_torch_adam_whose_moments_persist_across_rounds():
     assert float(state["t"]["t"]) == 6
 
 
+def test_the_plugin_model_and_dataset_are_what_they_say():
+    from fedsim_example_plugins.datasets import Blobs
+    from fedsim_example_plugins.models import ResidualMLP
+
+    from fedsim.config import DataConfig
+
+    bundle = Blobs().load(DataConfig(samples=500, test_fraction=0.2), seed=3)
+    x, y = bundle.tensors("train")
+    assert (len(y), len(bundle.tensors("test")[1]), bundle.input_shape, bundle.num_classes) == (400, 100, (16,), 10)
+    assert torch.equal(x, Blobs().load(DataConfig(samples=500, test_fraction=0.2), seed=3).tensors("train")[0])
+    model = ResidualMLP(width=8, depth=3).build(bundle.input_shape, bundle.num_classes)
+    assert model(x[:5]).shape == (5, 10) and sum(isinstance(m, nn.Linear) for m in model.modules()) == 5
+
+
+PLUGIN_RUN = [
+    "data.dataset=blobs", "data.samples=600", "data.num_clients=6", "model={name='residual_mlp', width=16}",
+    "trainer.name=local_adam", "strategy.name=scaffold", "train.rounds=2", "train.fraction=0.5",
+    "train.local_epochs=1", "train.lr=0.01", "engine.device=cpu",
+]
+
+
 def run_cli(tmp_path, backend: str, *extra: str) -> dict[str, torch.Tensor]:
+    """The final weights of a CLI run of the three plugins, training with one torch thread per
+    client everywhere (a Ray worker with one CPU, a Flower actor), so serial, ray and flower can
+    agree to the bit."""
     out = tmp_path / backend
-    overrides = [
-        "data.num_clients=6", "train.rounds=2", "train.fraction=0.5", "train.local_epochs=1", "train.lr=0.01",
-        "engine.device=cpu", "trainer.name=local_adam", f"engine.backend={backend}", *extra,
-    ]
     args = [sys.executable, "-m", "fedsim.cli", "run", str(QUICKSTART), "-q", "-o", str(out)]
-    for override in overrides:
+    for override in [*PLUGIN_RUN, f"engine.backend={backend}", *extra]:
         args += ["--set", override]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     return load_file(out / "model.safetensors")
 
 
-def test_local_adam_runs_on_every_backend(tmp_path):
+def test_the_plugins_run_from_the_cli_on_every_backend(tmp_path):
     serial = run_cli(tmp_path, "serial")
-    ray = run_cli(tmp_path, "ray", "engine.workers=1", "engine.cpus_per_worker=2")
+    ray = run_cli(tmp_path, "ray", "engine.workers=2", "engine.cpus_per_worker=1")
     assert all(torch.equal(serial[k], ray[k]) for k in serial)
     vectorized = run_cli(tmp_path, "vectorized")
     for k in serial:

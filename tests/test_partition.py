@@ -10,7 +10,6 @@ import pytest
 from flwr_datasets import FederatedDataset
 
 from fedsim.data import (
-    PARTITIONERS,
     FedsimDirichletPartitioner,
     heterogeneity,
     load_dataset,
@@ -18,6 +17,7 @@ from fedsim.data import (
     partition_table,
 )
 from fedsim.errors import ConfigError
+from fedsim.plugins import available
 
 
 @pytest.fixture(scope="module")
@@ -183,16 +183,17 @@ def test_partition_table_and_heterogeneity(digits):
 @pytest.mark.parametrize(
     ("name", "kwargs", "match"),
     [
-        ("dirichlet", {"alpha": 0.0}, "alpha must be > 0"),
+        ("dirichlet", {"alpha": 0.0}, "data.alpha must be > 0"),
         ("quantity", {"alpha": -1.0}, "alpha must be > 0"),
-        ("iid", {"num_clients": 0}, "num_clients must be >= 1"),
+        ("iid", {"num_clients": 0}, "data.num_clients must be >= 1"),
         ("iid", {"num_clients": 2000}, "more clients than samples"),
         ("dirichlet", {"num_clients": 200, "min_partition_size": 10}, "more clients than samples"),
-        ("pathological", {"classes_per_client": 0}, "classes_per_client"),
+        ("pathological", {"classes_per_client": 0}, "data.classes_per_client must be >= 1"),
         ("pathological", {"classes_per_client": 11}, "between 1 and 10"),
         ("pathological", {"num_clients": 700}, "pathological split impossible"),
         ("shard", {"num_clients": 500, "shards_per_client": 3}, "needs 1500 shards"),
-        ("fedavg", {}, "dirichlet, iid, shard, pathological, quantity, natural"),
+        ("fedavg", {}, "unknown partitioner 'fedavg'; choose one of: dirichlet, iid, natural, pathological"),
+        ("iidd", {}, "did you mean 'iid'"),
         ("natural", {}, "client_id column"),
     ],
 )
@@ -209,4 +210,4 @@ def test_natural_with_wrong_client_count_says_what_to_set(synthetic):
 
 
 def test_partitioner_names():
-    assert set(PARTITIONERS) == {"dirichlet", "iid", "shard", "pathological", "quantity", "natural"}
+    assert set(available("partitioner")) == {"dirichlet", "iid", "shard", "pathological", "quantity", "natural"}

@@ -19,6 +19,7 @@ from fedsim.aggregate import WeightedSum
 from fedsim.engine import Callback, Simulation
 from fedsim.errors import ConfigError
 from fedsim.schedule import LocalSchedule
+from fedsim.plugins import build_strategy
 from fedsim.strategy import Aggregate, LocalContext, LocalSummary, RoundInfo
 from strategies.fedavg import FedAvg
 from tests.conftest import train_one
@@ -413,24 +414,25 @@ def test_scaffold_with_identical_clients_and_one_step_equals_fedavg():
 
 
 @pytest.mark.parametrize(
-    "make",
+    "table, message",
     [
-        lambda: FedAvgMomentum(beta=0.0),
-        lambda: FedAvgMomentum(beta=1.5),
-        lambda: FedAvgMomentum(server_lr_scale="relative"),
-        lambda: ScaffoldMomentum(momentum_init="gradient"),
-        lambda: FedProx(mu=-0.1),
-        lambda: FedAvgM(momentum=1.0),
-        lambda: Scaffold(server_lr=0.0),
-        lambda: FedSpeed(variant="sam"),
-        lambda: FedSpeed(lam=0.0),
-        lambda: FedLD(k_proportion=0.0),
-        lambda: FedLD(margin_norm="frobenius"),
+        ({"name": "fedavg_m", "beta": 0.0}, r"strategy.beta must be in \(0, 1\], got 0.0"),
+        ({"name": "fedavg_m", "beta": 1.5}, r"strategy.beta must be in \(0, 1\], got 1.5"),
+        ({"name": "fedavg_m", "server_lr_scale": "relative"}, "strategy.server_lr_scale must be one of local, absolute"),
+        ({"name": "scaffold_m", "momentum_init": "gradient"}, "strategy.momentum_init must be one of zero, first_round"),
+        ({"name": "fedprox", "mu": -0.1}, "strategy.mu must be >= 0, got -0.1"),
+        ({"name": "fedavgm", "momentum": 1.0}, r"strategy.momentum must be in \[0, 1\), got 1.0"),
+        ({"name": "scaffold", "server_lr": 0.0}, "strategy.server_lr must be > 0, got 0.0"),
+        ({"name": "scaffold", "weighting": "size"}, "strategy.weighting must be one of samples, uniform"),
+        ({"name": "fedspeed", "variant": "sam"}, "strategy.variant must be one of paper, fl_simulator; got 'sam'"),
+        ({"name": "fedspeed", "lam": 0.0}, "strategy.lam must be > 0"),
+        ({"name": "fedld", "k_proportion": 0.0}, r"strategy.k_proportion must be in \(0, 1\]"),
+        ({"name": "fedld", "margin_norm": "frobenius"}, "strategy.margin_norm must be one of batch, sample"),
     ],
 )
-def test_out_of_range_hyperparameters_are_config_errors(make):
-    with pytest.raises(ConfigError):
-        make().validate()
+def test_out_of_range_hyperparameters_are_config_errors(table, message):
+    with pytest.raises(ConfigError, match=message):
+        build_strategy(table)
 
 
 # ---------------------------------------------------------------------------- engine: client state

@@ -1,21 +1,10 @@
-"""Backends: where local training runs. `make_backend` picks one by name."""
+"""Backends: where local training runs. `make_backend` picks one by name (`fedsim.config.BACKENDS`)."""
 
 from __future__ import annotations
 
 from fedsim.backends.base import Backend, Task
-from fedsim.config import EngineConfig
+from fedsim.config import BACKENDS, EngineConfig
 from fedsim.errors import ConfigError
-
-BACKENDS: dict[str, str] = {
-    "serial": "one process, clients one after another (the reference)",
-    "flower": "Flower's simulation engine: ClientApps on Ray actors (docs/flower.md)",
-    "vectorized": "one process, a chunk of clients trained at once with torch.func.vmap (small models)",
-    "auto": "vectorized when the model is small and vectorizes, else serial (docs/backends.md)",
-    "ray": "a persistent pool of Ray actors on this machine or a cluster (docs/ray.md)",
-}
-
-WORKER_BACKENDS = ("serial", "vectorized", "auto")  # how a Ray actor trains its share (engine.worker_backend)
-
 
 def make_backend(name: str, task: Task, engine: EngineConfig | None = None) -> Backend:
     """The backend `name`, with the options of the `[engine]` table (defaults when None)."""

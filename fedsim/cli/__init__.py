@@ -200,24 +200,17 @@ def report(
 
 @app.command("list")
 def list_() -> None:
-    """List datasets, partitioners, models, strategies and backends."""
-    from fedsim.backends import BACKENDS
-    from fedsim.data import DATASETS, PARTITIONERS
-    from fedsim.models import MODELS
-    from fedsim.plugins import available_strategies
+    """List strategies, trainers, models, datasets, partitioners and backends, plugins included."""
+    from rich.markup import escape
 
-    for title, entries in [
-        ("datasets (data.dataset)", DATASETS),
-        ("partitioners (data.partitioner)", PARTITIONERS),
-        ("models (model.name)", MODELS),
-        ("strategies (strategy.name)", available_strategies()),
-        ("backends (engine.backend)", BACKENDS),
-    ]:
+    from fedsim.plugins import catalogue
+
+    for title, rows in catalogue().items():
         table = Table(title=title, title_justify="left", show_header=False)
-        table.add_column("name", style="bold")
-        table.add_column("description")
-        for name, text in entries.items():
-            table.add_row(name, text)
+        for column, style in (("name", "bold"), ("description", None), ("from", "dim")):
+            table.add_column(column, style=style)
+        for row in rows:
+            table.add_row(row.name, escape(row.description), row.source)
         out.print(table)
 
 

@@ -1,21 +1,21 @@
 """Data layer: datasets loaded into memory and partitioned across clients."""
 
-from fedsim.data.datasets import DATASETS, DatasetBundle, load_dataset, numpy_columns
+from fedsim.data.datasets import Dataset, DatasetBundle, load_dataset, numpy_columns
 from fedsim.data.partition import (
-    PARTITIONERS,
     FedsimDirichletPartitioner,
     Partition,
+    Partitioner,
     heterogeneity,
     partition_dataset,
     partition_table,
 )
 
 __all__ = [
-    "DATASETS",
-    "PARTITIONERS",
+    "Dataset",
     "DatasetBundle",
     "FedsimDirichletPartitioner",
     "Partition",
+    "Partitioner",
     "heterogeneity",
     "load_dataset",
     "numpy_columns",

@@ -1,5 +1,12 @@
 """Datasets fedsim can train on, each loaded into memory as a train/test pair of HF Datasets.
 
+A dataset is a subclass of `Dataset` whose ``load(data, seed) -> DatasetBundle`` reads what it
+needs from the `[data]` section (``test_fraction``, ``samples``, ...) and draws every split and
+generator from ``seed``. Register it in the `fedsim.datasets` entry-point group, or name it as
+``data.dataset = "package.module:Class"`` / ``"path/to/file.py:Class"``; the built-ins below
+register the same way. A class with ``argument`` set takes text after its registered name
+(``hf:<name>``), which it reads from ``data.dataset``.
+
 Every dataset is converted to the same two columns, ``x`` (float32, shaped as ``input_shape``)
 and ``label`` (int64), so models, partitioners and backends never special-case a dataset.
 """
@@ -11,6 +18,7 @@ import os
 import random
 import tempfile
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import datasets
 import httpx
@@ -21,14 +29,9 @@ import torch
 from datasets.features.features import numpy_to_pyarrow_listarray
 from huggingface_hub import constants as hub_constants
 
+from fedsim.config import DataConfig, build_section
 from fedsim.errors import ConfigError, DatasetUnavailable
-
-DATASETS: dict[str, str] = {
-    "digits": "scikit-learn handwritten digits: 1797 8x8 greyscale images, 10 classes (bundled, offline)",
-    "mnist1d": "MNIST-1D: 1D signals of length 40, 10 classes, generated locally (samples= sets the size)",
-    "synthetic": "LEAF Synthetic(alpha, beta): 60 features, 10 classes, one natural client per generator",
-    "hf:<name>": "a Hugging Face dataset with an image/feature and a label column (data.path= for a local copy)",
-}
+from fedsim.plugins import make
 
 FEATURE_COLUMNS = ("img", "image", "x", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "y")
@@ -47,6 +50,20 @@ class DatasetBundle:
     _tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        name: str,
+        train: tuple[np.ndarray, np.ndarray],
+        test: tuple[np.ndarray, np.ndarray],
+        num_classes: int,
+        client_ids: np.ndarray | None = None,
+    ) -> DatasetBundle:
+        """A bundle of numpy (x, y) pairs, x shaped [n, *input_shape]; `client_ids` adds the
+        `client_id` column a natural split reads. What a dataset plugin's `load` returns."""
+        train_ds = _to_dataset(*train, client_ids=client_ids)
+        return cls(name, train_ds, _to_dataset(*test), num_classes, tuple(train[0].shape[1:]))
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(x float32 [n, *input_shape], y int64 [n]) of "train" or "test", converted once and cached."""
@@ -69,50 +86,23 @@ def numpy_columns(dataset: datasets.Dataset, *names: str) -> dict[str, np.ndarra
     return dataset.select_columns(list(names)).with_format("numpy", dtype=None)[:]
 
 
-def load_dataset(
-    name: str,
-    *,
-    seed: int,
-    num_clients: int,
-    path: str = "",
-    test_fraction: float = 0.2,
-    samples: int = 0,
-    synthetic_alpha: float = 1.0,
-    synthetic_beta: float = 1.0,
-) -> DatasetBundle:
-    """Load or generate dataset ``name`` (a key of DATASETS, or ``hf:<hub name>``) in memory.
+class Dataset:
+    """The dataset interface: `load` returns the train and test splits, seeded by `seed`."""
 
-    ``seed`` fixes every split and generator; ``samples`` (0 = the dataset's default) sets the total
-    size of generated datasets (mnist1d, synthetic) and is ignored by the others; ``num_clients`` is
-    used by ``synthetic``, whose samples come from one generator per client.
+    argument: ClassVar[str] = ""  # what the text after `name:` is (a hub dataset's name); "" = none
+
+    def load(self, data: DataConfig, seed: int) -> DatasetBundle:
+        raise NotImplementedError
+
+
+def load_dataset(name: str, *, seed: int, **data: Any) -> DatasetBundle:
+    """Load dataset ``name`` (a registered name, ``hf:<hub name>`` or a class path) in memory.
+
+    ``data`` holds `[data]` keys (``num_clients``, ``path``, ``test_fraction``, ``samples``,
+    ``synthetic_alpha``, ``synthetic_beta``; the rest keep their defaults), checked by the schema.
     """
-    if not 0.0 < test_fraction < 1.0:
-        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if samples < 0:
-        raise ConfigError(f"samples must be >= 0 (0 = dataset default), got {samples}")
-    if name == "digits":
-        return _digits(seed, test_fraction)
-    if name == "mnist1d":
-        return _mnist1d(seed, test_fraction, samples)
-    if name == "synthetic":
-        if num_clients < 1:
-            raise ConfigError(f"num_clients must be >= 1, got {num_clients}")
-        return _synthetic(seed, num_clients, test_fraction, samples, synthetic_alpha, synthetic_beta)
-    if name.startswith("hf:") and len(name) > 3:
-        return _hub(name, path, seed, test_fraction)
-    raise ConfigError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
-
-
-def _bundle(
-    name: str,
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    num_classes: int,
-    client_ids: np.ndarray | None = None,
-) -> DatasetBundle:
-    """Wrap numpy (x, y) pairs into a DatasetBundle; ``client_ids`` adds the natural-split column."""
-    train_ds = _to_dataset(*train, client_ids=client_ids)
-    return DatasetBundle(name, train_ds, _to_dataset(*test), num_classes, tuple(train[0].shape[1:]))
+    section = build_section(DataConfig, {**data, "dataset": name}, "data.")
+    return make("dataset", name).load(section, seed)
 
 
 def _to_dataset(x: np.ndarray, y: np.ndarray, client_ids: np.ndarray | None = None) -> datasets.Dataset:
@@ -135,25 +125,35 @@ def _to_dataset(x: np.ndarray, y: np.ndarray, client_ids: np.ndarray | None = No
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
 
 
-def _digits(seed: int, test_fraction: float) -> DatasetBundle:
-    """scikit-learn's 8x8 digits scaled to [0, 1], split stratified by label."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+class Digits(Dataset):
+    """scikit-learn handwritten digits: 1797 8x8 greyscale images, 10 classes (bundled, offline).
 
-    digits = load_digits()
-    x = (digits.data / 16.0).reshape(-1, 1, 8, 8)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, digits.target, test_size=test_fraction, random_state=seed, stratify=digits.target
-    )
-    return _bundle("digits", (x_tr, y_tr), (x_te, y_te), 10)
+    Scaled to [0, 1], split stratified by label.
+    """
+
+    def load(self, data: DataConfig, seed: int) -> DatasetBundle:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        x = (digits.data / 16.0).reshape(-1, 1, 8, 8)
+        x_tr, x_te, y_tr, y_te = train_test_split(
+            x, digits.target, test_size=data.test_fraction, random_state=seed, stratify=digits.target
+        )
+        return DatasetBundle.from_arrays("digits", (x_tr, y_tr), (x_te, y_te), 10)
 
 
-def _mnist1d(seed: int, test_fraction: float, samples: int) -> DatasetBundle:
-    """MNIST-1D generated procedurally; ``samples`` is rounded down to a multiple of 10 by the package."""
-    if 0 < samples < 10:
-        raise ConfigError(f"mnist1d needs samples >= 10 (one per class), got {samples}")
-    x_tr, y_tr, x_te, y_te = _mnist1d_arrays(seed, test_fraction, samples or 5000)
-    return _bundle("mnist1d", (x_tr[:, None, :], y_tr), (x_te[:, None, :], y_te), 10)
+class MNIST1D(Dataset):
+    """MNIST-1D: 1D signals of length 40, 10 classes, generated locally (samples= sets the size).
+
+    ``samples`` (default 5000) is rounded down to a multiple of 10 by the package.
+    """
+
+    def load(self, data: DataConfig, seed: int) -> DatasetBundle:
+        if 0 < data.samples < 10:
+            raise ConfigError(f"mnist1d needs data.samples >= 10 (one per class), got {data.samples}")
+        x_tr, y_tr, x_te, y_te = _mnist1d_arrays(seed, data.test_fraction, data.samples or 5000)
+        return DatasetBundle.from_arrays("mnist1d", (x_tr[:, None, :], y_tr), (x_te[:, None, :], y_te), 10)
 
 
 @functools.lru_cache(maxsize=8)
@@ -178,20 +178,29 @@ def _mnist1d_arrays(seed: int, test_fraction: float, samples: int) -> tuple[np.n
     return arrays
 
 
-def _synthetic(
-    seed: int, num_clients: int, test_fraction: float, samples: int, alpha: float, beta: float
-) -> DatasetBundle:
-    """LEAF Synthetic(alpha, beta) (Li et al., FedProx): each client has its own softmax-regression model.
+class Synthetic(Dataset):
+    """LEAF Synthetic(alpha, beta): 60 features, 10 classes, one natural client per generator.
 
+    Li et al. (FedProx): each client has its own softmax-regression model.
     Client k: u_k ~ N(0, alpha), W_k, b_k ~ N(u_k, 1); B_k ~ N(0, beta), v_k ~ N(B_k, 1);
     x ~ N(v_k, diag(j^-1.2)); y = argmax(W_k x + b_k) (argmax of the softmax). Client sizes follow
     LEAF's lognormal(4, 2) + 50 but are capped at 250 so one client cannot dominate (mean ~140
     samples per client); with ``samples`` > 0 they are rescaled to about that total. Every client
     keeps at least 2 samples; ``test_fraction`` of each client's samples (at least one stays in
     train) are pooled into the test split. Train rows keep their generating client in ``client_id``.
+    ``alpha`` and ``beta`` are ``synthetic_alpha`` and ``synthetic_beta``; one generator per
+    client of ``num_clients``.
     """
-    if alpha < 0 or beta < 0:
-        raise ConfigError(f"synthetic_alpha and synthetic_beta must be >= 0, got {alpha}, {beta}")
+
+    def load(self, data: DataConfig, seed: int) -> DatasetBundle:
+        return _synthetic(
+            seed, data.num_clients, data.test_fraction, data.samples, data.synthetic_alpha, data.synthetic_beta
+        )
+
+
+def _synthetic(
+    seed: int, num_clients: int, test_fraction: float, samples: int, alpha: float, beta: float
+) -> DatasetBundle:
     dim, num_classes = 60, 10
     rng = np.random.default_rng(seed)
     sizes = np.minimum(rng.lognormal(4.0, 2.0, num_clients) + 50, 250)
@@ -215,11 +224,24 @@ def _synthetic(
         train[2].append(np.full(n - n_test, k))
     x_tr, y_tr, ids = (np.concatenate(a) for a in train)
     x_te, y_te = (np.concatenate(a) for a in test)
-    return _bundle("synthetic", (x_tr, y_tr), (x_te, y_te), num_classes, client_ids=ids)
+    return DatasetBundle.from_arrays("synthetic", (x_tr, y_tr), (x_te, y_te), num_classes, client_ids=ids)
+
+
+class HubDataset(Dataset):
+    """A Hugging Face dataset with an image/feature and a label column (data.path= for a local copy).
+
+    Loaded from ``data.path`` (a save_to_disk directory or a load_dataset source) when given,
+    else from the hub; without a test split, ``test_fraction`` of train is held out (seeded,
+    stratified when the label is a ClassLabel).
+    """
+
+    argument: ClassVar[str] = "name"
+
+    def load(self, data: DataConfig, seed: int) -> DatasetBundle:
+        return _hub(data.dataset, data.path, seed, data.test_fraction)
 
 
 def _hub(name: str, path: str, seed: int, test_fraction: float) -> DatasetBundle:
-    """A Hugging Face dataset from ``path`` (save_to_disk directory or load_dataset source) or the hub."""
     raw = _load_raw(name, path)
     if isinstance(raw, datasets.Dataset):
         raw = datasets.DatasetDict(train=raw)
@@ -239,7 +261,7 @@ def _hub(name: str, path: str, seed: int, test_fraction: float) -> DatasetBundle
         num_classes = label_feature.num_classes
     else:
         num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    return _bundle(name, (x_tr, y_tr), (x_te, y_te), num_classes)
+    return DatasetBundle.from_arrays(name, (x_tr, y_tr), (x_te, y_te), num_classes)
 
 
 def _load_raw(name: str, path: str) -> datasets.Dataset | datasets.DatasetDict:

@@ -1,5 +1,12 @@
 """Splitting a training set across clients, plus tables and statistics of how skewed a split is.
 
+A partitioner is a subclass of `Partitioner` whose ``partition(train, num_clients, seed, data)``
+returns a `Partition` of ``train`` (a Dataset with a "label" column) for ``num_clients``
+clients, drawn from ``seed`` and reading its settings from the `[data]` section (``alpha``,
+``min_partition_size``, ...). Register it in the `fedsim.partitioners` entry-point group, or
+name it as ``data.partitioner = "package.module:Class"`` / ``"path/to/file.py:Class"``; the
+built-ins below register the same way.
+
 Shard and pathological splits are Flower Datasets' partitioners, so a Flower user gets the same
 split with the same seed. Dirichlet is fedsim's own ``Partitioner`` subclass, because Flower's
 gives up or leaves clients empty at small alpha (specs/partitioning.md). IID, quantity skew and
@@ -15,20 +22,12 @@ from dataclasses import dataclass
 import datasets
 import numpy as np
 import pandas as pd
-from flwr_datasets.partitioner import Partitioner, PathologicalPartitioner, ShardPartitioner
+from flwr_datasets import partitioner as flwr
 
+from fedsim.config import DataConfig, build_section
 from fedsim.data.datasets import numpy_columns
 from fedsim.errors import ConfigError
-
-PARTITIONERS: dict[str, str] = {
-    "dirichlet": "label skew: per class, client shares ~ Dir(alpha); repaired so no client is below min size",
-    "iid": "uniform: a seeded shuffle cut into equal parts",
-    "shard": "FedAvg shards: label-sorted data cut into shards, shards_per_client random shards per client",
-    "pathological": "each client holds exactly classes_per_client classes (Flower's PathologicalPartitioner)",
-    "quantity": "quantity skew: client sizes ~ Dir(alpha) above min size, labels IID within a client",
-    "natural": "one client per value of the dataset's client_id column (e.g. synthetic)",
-}
-
+from fedsim.plugins import make
 
 @dataclass(frozen=True)
 class Partition:
@@ -42,7 +41,7 @@ class Partition:
     moved: int = 0
 
 
-class FedsimDirichletPartitioner(Partitioner):
+class FedsimDirichletPartitioner(flwr.Partitioner):
     """Dirichlet label skew that never fails and never leaves a client below min_partition_size.
 
     For each class, client proportions are drawn from Dir(alpha) (with ``self_balancing``, clients
@@ -105,56 +104,112 @@ class FedsimDirichletPartitioner(Partitioner):
         return self._split
 
 
-def partition_dataset(
-    train: datasets.Dataset,
-    name: str,
-    *,
-    num_clients: int,
-    seed: int,
-    alpha: float = 0.5,
-    min_partition_size: int = 2,
-    classes_per_client: int = 2,
-    shards_per_client: int = 2,
-) -> Partition:
-    """Split ``train`` (a Dataset with a "label" column) across ``num_clients`` with partitioner ``name``.
+class Partitioner:
+    """The partitioner interface: per-client sample indices of the train split."""
 
-    Validates everything first (ConfigError, one line). Shard and pathological splits may leave
-    some samples unassigned (the remainder after equal shards; classes no client was dealt);
-    every other split assigns each sample exactly once. ``min_partition_size`` holds by
-    construction for dirichlet (repair), iid and quantity, is checked for shard and pathological,
-    and does not apply to natural splits, whose clients are kept as they come.
+    def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
+        raise NotImplementedError
+
+
+def partition_dataset(train: datasets.Dataset, name: str, *, num_clients: int, seed: int, **data) -> Partition:
+    """Split ``train`` across ``num_clients`` with partitioner ``name`` (registered or a class path).
+
+    ``data`` holds other `[data]` keys (``alpha``, ``min_partition_size``, ``classes_per_client``,
+    ``shards_per_client``; the rest keep their defaults), checked by the schema. Every split
+    needs at least ``num_clients * max(min_partition_size, 1)`` samples. Shard and pathological
+    splits may leave some samples unassigned (the remainder after equal shards; classes no client
+    was dealt); every other built-in assigns each sample exactly once. ``min_partition_size``
+    holds by construction for dirichlet (repair), iid and quantity, is checked for shard and
+    pathological, and does not apply to natural splits, whose clients are kept as they come.
     """
-    if name not in PARTITIONERS:
-        raise ConfigError(f"unknown partitioner {name!r}: choose one of {', '.join(PARTITIONERS)}")
-    _check_scalars(num_clients, alpha, min_partition_size)
-    if classes_per_client < 1 or shards_per_client < 1:
-        raise ConfigError(
-            f"classes_per_client and shards_per_client must be >= 1, got {classes_per_client}, {shards_per_client}"
-        )
-    n = len(train)
-    _check_capacity(n, num_clients, min_partition_size)
-    rng = np.random.default_rng(seed)
+    section = build_section(DataConfig, {**data, "num_clients": num_clients, "partitioner": name}, "data.")
+    partitioner = make("partitioner", name)
+    _check_capacity(len(train), num_clients, section.min_partition_size)
+    return partitioner.partition(train, num_clients, seed, section)
 
-    if name == "dirichlet":
+
+class Dirichlet(Partitioner):
+    """Label skew: per class, client shares ~ Dir(alpha); repaired so no client is below min size."""
+
+    def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
         partitioner = FedsimDirichletPartitioner(
-            num_clients, "label", alpha, min_partition_size=min_partition_size, seed=seed
+            num_clients, "label", data.alpha, min_partition_size=data.min_partition_size, seed=seed
         )
         partitioner.dataset = train
         return Partition(partitioner.partition_indices, partitioner.moved)
-    if name == "iid":
-        indices = np.array_split(rng.permutation(n), num_clients)
-    elif name == "quantity":
-        sizes = _quantity_sizes(n, num_clients, alpha, min_partition_size, rng)
-        indices = np.split(rng.permutation(n), np.cumsum(sizes)[:-1])
-    elif name == "natural":
-        indices = _natural_split(train, num_clients)
-    else:
+
+
+class IID(Partitioner):
+    """Uniform: a seeded shuffle cut into equal parts."""
+
+    def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
+        rng = np.random.default_rng(seed)
+        return _sorted(np.array_split(rng.permutation(len(train)), num_clients))
+
+
+class Quantity(Partitioner):
+    """Quantity skew: client sizes ~ Dir(alpha) above min size, labels IID within a client."""
+
+    def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
+        rng = np.random.default_rng(seed)
+        sizes = _quantity_sizes(len(train), num_clients, data.alpha, data.min_partition_size, rng)
+        return _sorted(np.split(rng.permutation(len(train)), np.cumsum(sizes)[:-1]))
+
+
+class Natural(Partitioner):
+    """One client per value of the dataset's client_id column (e.g. synthetic)."""
+
+    def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
+        return _sorted(_natural_split(train, num_clients))
+
+
+class Shard(Partitioner):
+    """FedAvg shards: label-sorted data cut into shards, shards_per_client random shards per client."""
+
+    def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
         labels = numpy_columns(train, "label")["label"]
-        indices = _flower_split(labels, name, num_clients, seed, classes_per_client, shards_per_client)
-    indices = [np.sort(idx).astype(np.int64) for idx in indices]
-    if name in ("shard", "pathological"):
-        _check_min_size(indices, min_partition_size, name)
-    return Partition(indices)
+        if num_clients * data.shards_per_client > len(labels):
+            raise ConfigError(
+                f"shard split needs {num_clients * data.shards_per_client} shards (num_clients x "
+                f"shards_per_client) but the train split has only {len(labels)} samples"
+            )
+        flower = flwr.ShardPartitioner(
+            num_clients, "label", num_shards_per_partition=data.shards_per_client, seed=seed
+        )
+        return _checked(_sorted(_flower_split(flower, labels, "shard", num_clients)), data.min_partition_size, "shard")
+
+
+class Pathological(Partitioner):
+    """Each client holds exactly classes_per_client classes (Flower's PathologicalPartitioner)."""
+
+    def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
+        labels = numpy_columns(train, "label")["label"]
+        num_classes = len(np.unique(labels))
+        if data.classes_per_client > num_classes:
+            raise ConfigError(
+                f"classes_per_client must be between 1 and {num_classes} (the classes in the train split), "
+                f"got {data.classes_per_client}"
+            )
+        flower = flwr.PathologicalPartitioner(
+            num_clients, "label", data.classes_per_client, class_assignment_mode="first-deterministic", seed=seed
+        )
+        partition = _sorted(_flower_split(flower, labels, "pathological", num_clients))
+        return _checked(partition, data.min_partition_size, "pathological")
+
+
+def _sorted(indices: list[np.ndarray]) -> Partition:
+    return Partition([np.sort(idx).astype(np.int64) for idx in indices])
+
+
+def _checked(partition: Partition, min_partition_size: int, name: str) -> Partition:
+    """`partition`, after checking every client has at least `min_partition_size` samples (and one)."""
+    sizes = np.array([len(idx) for idx in partition.indices])
+    if sizes.min() < max(min_partition_size, 1):
+        raise ConfigError(
+            f"{name} split gives client {int(sizes.argmin())} only {int(sizes.min())} samples "
+            f"(min_partition_size {min_partition_size}): use fewer clients"
+        )
+    return partition
 
 
 def partition_table(partition: Partition, labels: np.ndarray, num_classes: int) -> pd.DataFrame:
@@ -213,15 +268,6 @@ def _check_capacity(n: int, num_clients: int, min_partition_size: int) -> None:
         raise ConfigError(
             f"more clients than samples: {num_clients} clients x min_partition_size "
             f"{max(min_partition_size, 1)} needs {need} samples, the train split has {n}"
-        )
-
-
-def _check_min_size(indices: list[np.ndarray], min_partition_size: int, name: str) -> None:
-    sizes = np.array([len(idx) for idx in indices])
-    if sizes.min() < max(min_partition_size, 1):
-        raise ConfigError(
-            f"{name} split gives client {int(sizes.argmin())} only {int(sizes.min())} samples "
-            f"(min_partition_size {min_partition_size}): use fewer clients"
         )
 
 
@@ -294,34 +340,8 @@ def _natural_split(train: datasets.Dataset, num_clients: int) -> list[np.ndarray
     return np.split(order, np.cumsum(np.bincount(inverse, minlength=num_clients))[:-1])
 
 
-def _flower_split(
-    labels: np.ndarray,
-    name: str,
-    num_clients: int,
-    seed: int,
-    classes_per_client: int,
-    shards_per_client: int,
-) -> list[np.ndarray]:
+def _flower_split(partitioner: flwr.Partitioner, labels: np.ndarray, name: str, num_clients: int) -> list[np.ndarray]:
     """Run Flower's shard or pathological partitioner on a (label, index) table; return the indices."""
-    num_classes = len(np.unique(labels))
-    if name == "shard":
-        if num_clients * shards_per_client > len(labels):
-            raise ConfigError(
-                f"shard split needs {num_clients * shards_per_client} shards (num_clients x "
-                f"shards_per_client) but the train split has only {len(labels)} samples"
-            )
-        partitioner = ShardPartitioner(
-            num_clients, "label", num_shards_per_partition=shards_per_client, seed=seed
-        )
-    else:
-        if not 1 <= classes_per_client <= num_classes:
-            raise ConfigError(
-                f"classes_per_client must be between 1 and {num_classes} (the classes in the train split), "
-                f"got {classes_per_client}"
-            )
-        partitioner = PathologicalPartitioner(
-            num_clients, "label", classes_per_client, class_assignment_mode="first-deterministic", seed=seed
-        )
     partitioner.dataset = datasets.Dataset.from_dict({"label": labels, "index": np.arange(len(labels))})
     try:
         with warnings.catch_warnings():
