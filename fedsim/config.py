@@ -110,10 +110,10 @@ class TrainConfig:
 
 BACKENDS: dict[str, str] = {  # engine.backend: each backend, made by fedsim.backends.make_backend
     "serial": "one process, clients one after another (the reference)",
-    "flower": "Flower's simulation engine: ClientApps on Ray actors (docs/flower.md)",
     "vectorized": "one process, a chunk of clients trained at once with torch.func.vmap (small models)",
     "auto": "vectorized when the model is small and vectorizes, else serial (docs/backends.md)",
     "ray": "a persistent pool of Ray actors on this machine or a cluster (docs/ray.md)",
+    "flower": "Flower's simulation engine: ClientApps on Ray actors (docs/flower.md)",
 }
 WORKER_BACKENDS = ("serial", "vectorized", "auto")  # engine.worker_backend: how a Ray actor trains its share
 

@@ -263,6 +263,7 @@ class Simulation:
             "wall_s": wall_s,
             "seed": c.seed,
             "strategy": c.strategy["name"],
+            "trainer": c.trainer["name"],
             "dataset": c.data.dataset,
             "partitioner": c.data.partitioner,
             "alpha": c.data.alpha,

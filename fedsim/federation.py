@@ -5,6 +5,7 @@ clients, data and initial model everywhere."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,25 +55,10 @@ def build_federation(config: Config) -> Federation:
     strategy, trainer = build_strategy(config.strategy), build_trainer_for(config)
     device = resolve_device(config.engine.device)
     d = config.data
-    dataset = load_dataset(
-        d.dataset,
-        seed=config.seed,
-        num_clients=d.num_clients,
-        path=d.path,
-        test_fraction=d.test_fraction,
-        samples=d.samples,
-        synthetic_alpha=d.synthetic_alpha,
-        synthetic_beta=d.synthetic_beta,
-    )
+    data = dataclasses.asdict(d)  # every [data] key, for the dataset and the partitioner to read
+    dataset = load_dataset(data.pop("dataset"), seed=config.seed, **data)
     partition = partition_dataset(
-        dataset.train,
-        d.partitioner,
-        num_clients=d.num_clients,
-        seed=config.seed,
-        alpha=d.alpha,
-        min_partition_size=d.min_partition_size,
-        classes_per_client=d.classes_per_client,
-        shards_per_client=d.shards_per_client,
+        dataset.train, data.pop("partitioner"), num_clients=data.pop("num_clients"), seed=config.seed, **data
     )
     if any(len(idx) == 0 for idx in partition.indices):
         raise ConfigError("the partition left a client without data; lower data.num_clients")

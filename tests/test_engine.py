@@ -8,6 +8,7 @@ import torch
 from fedsim.engine import Simulation, cohort_size
 from fedsim.errors import ConfigError, TrainingDiverged
 from fedsim.plugins import resolved
+from fedsim.models import build_model
 from fedsim.results import RunFolder, load_weights
 from tests.conftest import QUICKSTART
 from fedsim.config import load_config
@@ -59,7 +60,7 @@ def test_run_folder_contents(config_factory, tmp_path):
     assert saved["final_accuracy"] == metrics["test_accuracy"].iloc[-1]
     partition = pd.read_csv(tmp_path / "partition.csv")
     assert len(partition) == 10 and partition["num_samples"].sum() == len(sim.train_labels)
-    model = sim._build_model()
+    model = build_model(sim.config.model, sim.dataset.input_shape, sim.dataset.num_classes, sim.config.seed)
     model.load_state_dict(load_weights(tmp_path))  # safetensors: no unpickling
 
 

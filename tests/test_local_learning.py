@@ -285,8 +285,8 @@ def test_memory_is_not_metered_unless_asked():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["trainer.method=infopro"], "unknown trainer.method 'infopro'"),
-        (["trainer.aux=shared"], "unknown trainer.aux 'shared'"),
+        (["trainer.method=infopro"], "trainer.method must be one of dgl, auglocal, man; got 'infopro'"),
+        (["trainer.aux=shared"], "trainer.aux must be one of federated, local, frozen; got 'shared'"),
         (["trainer.blocks=0"], "blocks must be >= 1"),
         (["trainer.ema_momentum=2"], "ema_momentum must be in \\[0, 1\\]"),
         (["trainer.recon_weight=[1]"], "recon_weight must be \\[first, last\\] weights >= 0"),

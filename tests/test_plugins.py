@@ -75,14 +75,14 @@ class Linear(Model):
 ''',
     "dataset": '''
 import numpy as np
-from fedsim.data.datasets import Dataset, _bundle
+from fedsim.data.datasets import Dataset, DatasetBundle
 
 class Blobs(Dataset):
     """Two Gaussian blobs, 4 features."""
     def load(self, data, seed):
         rng = np.random.default_rng(seed)
         x = rng.normal(size=(200, 4)); y = (x[:, 0] > 0).astype(np.int64)
-        return _bundle("blobs", (x[:160], y[:160]), (x[160:], y[160:]), 2)
+        return DatasetBundle.from_arrays("blobs", (x[:160], y[:160]), (x[160:], y[160:]), 2)
 ''',
     "partitioner": '''
 import numpy as np
@@ -133,11 +133,11 @@ def test_file_plugins_work_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     "kind, name, message",
     [
-        ("model", "vit", "unknown model 'vit'; choose one of: cnn, mlp, resnet110_gn"),
+        ("model", "vit", "unknown model 'vit'; choose one of: cnn, mlp, (.*, )?resnet110_gn"),
         ("model", "resnet18", "did you mean 'resnet18_gn'"),
         ("model", "fedsim.data.datasets:Digits", "not a dataclass subclass of fedsim.models.Model"),
         ("dataset", "fedsim.models:MLP", "not a subclass of fedsim.data.datasets.Dataset"),
-        ("dataset", "digit", "unknown dataset 'digit'; choose one of: digits, hf:<name>, .* \\(did you mean 'digits'\\?\\)"),
+        ("dataset", "digit", "unknown dataset 'digit'; choose one of: (.*, )?digits, hf:<name>, .* \\(did you mean 'digits'\\?\\)"),
         ("partitioner", "collections:OrderedDict", "not a subclass of fedsim.data.partition.Partitioner"),
         ("partitioner", "fedsim.data.partition:Nope", "no class 'Nope'"),
         ("trainer", "nope.py:X", "plugin file 'nope.py' not found"),

@@ -75,7 +75,7 @@ def test_every_strategy_matches_serial(name):
 
 @pytest.mark.parametrize("name", sorted(available_trainers()))
 def test_every_trainer_matches_serial_or_is_refused_before_any_work(name):
-    overrides = [f"trainer.name={name}", "data.label_ratio=0.5", "model.name=cnn", "model.channels=[8,8]"]
+    overrides = [f"trainer.name={name}", "data.label_ratio=0.5", "model={name='cnn', channels=[8, 8]}"]
     if not trainer_class(name).vectorizes:
         with pytest.raises(ConfigError, match="one client at a time.*set engine.backend=serial"):
             validate(config(*overrides, "engine.backend=vectorized"))
