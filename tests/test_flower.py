@@ -221,3 +221,26 @@ def test_a_sweep_runs_two_cells_on_flower_at_once_each_with_its_own_engine(tmp_p
         serial = Simulation(load_config(QUICKSTART, [*overrides, f"seed={seed}"]))
         serial.run()
         assert_equal_trees(load_weights(cell), {k: v.detach() for k, v in serial.params.items()})
+
+
+def test_fedlabel_trains_on_flower_and_its_pseudo_labels_come_back():
+    """A trainer that overrides the whole round (FedLabel) runs on Flower like on serial,
+    diagnostics included, so metrics.csv gets the same pseudo-label columns."""
+    sim = Simulation(small_config("trainer.name=fedlabel", "data.label_ratio=0.5", *FIVE_CLIENTS))
+    plan = sim.plan_round(1)
+    reference = make_backend("serial", sim.task).run_round(plan)
+    backend = make_backend("flower", sim.task, sim.config.engine)
+    try:
+        output = backend.run_round(plan)
+    finally:
+        backend.close()
+    assert_equal_states(output.total.means(), reference.total.means())
+    for got, want in zip(output.reports, reference.reports):
+        assert (got.client_id, got.num_samples, got.num_steps, got.loss) == (
+            want.client_id, want.num_samples, want.num_steps, want.loss
+        )
+        assert want.diagnostics and got.diagnostics.keys() == want.diagnostics.keys()
+        assert all(torch.equal(got.diagnostics[k], want.diagnostics[k]) for k in want.diagnostics)
+    assert sim.trainer.round_metrics(output.reports, sim.hidden_labels) == pytest.approx(
+        sim.trainer.round_metrics(reference.reports, sim.hidden_labels), nan_ok=True
+    )
