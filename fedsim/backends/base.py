@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from fedsim.aggregate import WeightedSum
-from fedsim.errors import ConfigError
 from fedsim.local import LocalEnv
 from fedsim.memory import MemoryMeter
 from fedsim.schedule import LocalSchedule
@@ -95,10 +94,6 @@ class Backend(ABC):
 
     @abstractmethod
     def run_round(self, plan: RoundPlan) -> RoundOutput: ...
-
-    def run(self, plan: RoundPlan, client_ids: list[int]) -> RoundOutput:
-        """Train a share of the round's cohort (what a Ray worker asks of its backend)."""
-        raise ConfigError(f"engine.worker_backend cannot be the {type(self).__name__}; use serial or vectorized")
 
     def close(self) -> None:
         """Release workers and memory; called once, also after an error."""
