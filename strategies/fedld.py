@@ -8,7 +8,6 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from fedsim import tree
 from fedsim.config import option
 from fedsim.strategy import Aggregate, RoundInfo, State, Strategy
 from fedsim.tree import Params
