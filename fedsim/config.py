@@ -106,6 +106,10 @@ class TrainConfig:
     eval_every: int = option(1, ge=1)
     eval_batch_size: int = option(1024, ge=1)
     checkpoint_every: int = option(0, ge=0)  # > 0: checkpoint every this many rounds (fedsim run --resume)
+    # divergence warnings (the run goes on): an evaluated loss above this multiple of the initial
+    # model's test loss, or this many evaluated rounds in a row at chance accuracy; 0 = off
+    diverge_loss_factor: float = option(10.0, ge=0)
+    diverge_chance_rounds: int = option(5, ge=0)
 
 
 BACKENDS: dict[str, str] = {  # engine.backend: each backend, made by fedsim.backends.make_backend
@@ -132,6 +136,7 @@ class EngineConfig:
     max_retries: int = option(2, ge=0)  # ray: times per round a dead actor is replaced and its share retried
     worker_backend: str = option("serial", choices=WORKER_BACKENDS)  # ray: how each actor trains its share
     track_memory: bool = False  # per-client peak activation bytes in metrics.csv (slows small models)
+    threads: int = option(0, ge=0)  # torch threads of the run's process; 0 = auto (fedsim.threads)
 
 
 @dataclass
@@ -242,7 +247,11 @@ def check(value: Any, checks: dict[str, Any], key: str) -> None:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse `a.b.c=value`; the value is read as a TOML value, else taken as a bare string."""
+    """Parse `a.b.c=value`; the value is read as a TOML value, else taken as a bare string.
+
+    A value that opens a TOML array, table or quoted string must be valid TOML: `[64,` is a
+    typo, not the string "[64,".
+    """
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value, e.g. data.alpha=0.1")
     key, raw = text.split("=", 1)
@@ -251,7 +260,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}' has an empty key")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as e:
+        if raw[:1] in ("[", "{", '"', "'"):
+            raise ConfigError(f"override '{text}': the value is not valid TOML ({e})") from None
         value = raw
     return key.split("."), value
 

@@ -24,6 +24,7 @@ import dataclasses
 import importlib
 import importlib.util
 import sys
+import traceback
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -124,9 +125,22 @@ def _load_from_file(path: str, attr: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"fedsim_plugin_{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and type hints resolve names through it
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[spec.name]
+        raise ConfigError(f"plugin file '{path}' {import_failure(err, file)}") from None
     _ship_by_value(module)
     return getattr(module, attr, None)
+
+
+def import_failure(err: Exception, file: Path | None = None) -> str:
+    """What went wrong importing a plugin, in a few words: the error and where (file:line)."""
+    if isinstance(err, SyntaxError):
+        return f"has a syntax error at {Path(err.filename or '?').name}:{err.lineno}: {err.msg}"
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if file is None or Path(f.filename).resolve() == file.resolve()]
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"failed to import{where}: {type(err).__name__}: {err}"
 
 
 def _ship_by_value(module) -> None:
@@ -159,6 +173,8 @@ def plugin_class(kind: str, name: str) -> type:
                 cls = getattr(importlib.import_module(target), attr, None)
             except ImportError as err:
                 raise ConfigError(f"cannot import {spec.noun} module '{target}': {err}") from None
+            except Exception as err:
+                raise ConfigError(f"{spec.noun} module '{target}' {import_failure(err)}") from None
         if cls is None:
             raise ConfigError(f"{spec.noun} '{name}': no class '{attr}' in '{target}'")
     else:

@@ -46,11 +46,17 @@ def test_run_help_explains_overrides():
         ("strategy.name=fedfoo", "unknown strategy 'fedfoo'"),
         ("data.partitioner=zipf", "unknown partitioner"),
         ("strategy.bogus=1", "unknown config key 'strategy.bogus'"),
+        ("model.hidden=[64,", "override 'model.hidden=[64,': the value is not valid TOML"),
+        ("strategy.name=PLUGIN_DIR/syntax_error.py:X", "syntax_error.py' has a syntax error at syntax_error.py:2"),
+        ("strategy.name=PLUGIN_DIR/import_error.py:X", "failed to import at import_error.py:1: ZeroDivisionError"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(override, fragment, tmp_path):
+    (tmp_path / "syntax_error.py").write_text("from fedsim.strategy import Strategy\nclass X(Strategy:\n    pass\n")
+    (tmp_path / "import_error.py").write_text("x = 1 / 0\n")
+    override = override.replace("PLUGIN_DIR", str(tmp_path))
     proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", str(QUICKSTART), "--set", override, "--out", str(tmp_path)],
+        [sys.executable, "-m", "fedsim.cli", "run", str(QUICKSTART), "--set", override, "--out", str(tmp_path / "run")],
         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "400"},
     )
     assert proc.returncode == 2, proc.stderr
