@@ -87,6 +87,12 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(found, key=lambda p: int(p.name[len(_PREFIX) :]), default=None)
 
 
+def checkpoint_round(run_dir: str | Path) -> int | None:
+    """The round of the run's newest checkpoint, or None."""
+    folder = latest_checkpoint(run_dir)
+    return None if folder is None else int(folder.name[len(_PREFIX) :])
+
+
 def load_checkpoint(run_dir: str | Path, config: Config) -> SimulationState | None:
     """The run's newest checkpoint, or None if it has none; refuses one made under another config."""
     folder = latest_checkpoint(run_dir)

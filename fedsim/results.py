@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import traceback
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save
+from torch import nn
 
 from fedsim.data import partition_table
 from fedsim.engine import Callback, Simulation
+from fedsim.errors import ConfigError, FedsimError, PluginFailed
 from fedsim.plugins import resolved
 
 METRIC_COLUMNS = [
@@ -23,6 +28,41 @@ METRIC_COLUMNS = [
     "peak_activation_bytes", "model_state_bytes", "peak_cuda_bytes",  # max over the round's clients
 ]
 WEIGHTS_FILE = "model.safetensors"
+ERROR_FILE = "error.txt"  # the traceback of a run that failed in a plugin's code or in fedsim's
+RUN_MARKERS = ("config.toml", "summary.json", "metrics.csv")  # files only a run folder holds
+
+
+def claim_run_folder(path: str | Path, overwrite: bool = False) -> Path:
+    """Make `path` an empty, writable run folder before any work, or refuse in one line.
+
+    An existing run folder is never overwritten silently: it is refused (continue it with
+    `--resume`) unless `overwrite`, which clears everything the old run left. A non-empty
+    folder that is not a run folder is refused even then, so a mistyped `--out` cannot delete
+    unrelated files.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out '{path}' is an existing file, not a folder; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        if not any((path / marker).exists() for marker in RUN_MARKERS):
+            raise ConfigError(f"--out '{path}' is a non-empty folder that is not a run folder; choose another --out")
+        if not overwrite:
+            raise ConfigError(
+                f"--out '{path}' already holds a run; continue it with `fedsim run --resume {path}`, "
+                "or pass --force to overwrite it"
+            )
+        try:
+            shutil.rmtree(path)
+        except OSError as e:
+            raise ConfigError(f"cannot clear run folder '{path}': {e.strerror or e}") from None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write run folder '{path}': {e.strerror or e}") from None
+    return path
 
 
 class RunFolder(Callback):
@@ -34,6 +74,7 @@ class RunFolder(Callback):
 
     def on_run_start(self, sim: Simulation) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt this run resumes
         (self.path / "config.toml").write_text(resolved(sim.config).to_toml())  # defaults written out
         table = partition_table(sim.partition, sim.train_labels, sim.dataset.num_classes)
         table.to_csv(self.path / "partition.csv", index=False)
@@ -50,18 +91,65 @@ class RunFolder(Callback):
     def on_run_end(self, sim: Simulation, summary: dict[str, Any], error: BaseException | None) -> None:
         if not self.path.exists():
             return
+        details = error_details(error)
+        if details:
+            (self.path / ERROR_FILE).write_text(details)
         if error is None:
             # the ordinary network's weights: local learning's auxiliary nets are left out
             weights = sim.trainer.network_params(sim.params)
-            save_weights(self.path / WEIGHTS_FILE, weights, sim.config.model.name)
+            save_weights(self.path / WEIGHTS_FILE, weights, sim.config.model.name, sim.dataset.input_shape, sim.dataset.num_classes)
         # last: a summary saying "finished" marks a complete run folder (fedsim sweep skips those)
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
-def save_weights(path: Path, params: dict[str, torch.Tensor], model_name: str) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in params.items()}, path, metadata={"model": model_name})
+def error_details(error: BaseException | None) -> str:
+    """The traceback worth keeping of a run's error: none for a user's mistake (one line says
+    it all) or an interrupt, the plugin's for `PluginFailed`, the whole one for a fedsim bug."""
+    if error is None or isinstance(error, KeyboardInterrupt):
+        return ""
+    if isinstance(error, PluginFailed):
+        return error.details
+    if isinstance(error, FedsimError):
+        return ""
+    return "".join(traceback.format_exception(error))
+
+
+def save_weights(
+    path: Path, params: dict[str, torch.Tensor], model_name: str, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    """The weights, with what rebuilding their network needs beside the config (`load_model`).
+
+    Written as bytes through `open`, so the file gets the same permissions as the run's others.
+    """
+    metadata = {"model": model_name, "input_shape": json.dumps(list(input_shape)), "num_classes": str(num_classes)}
+    path.write_bytes(save({k: v.detach().cpu().contiguous() for k, v in params.items()}, metadata=metadata))
 
 
 def load_weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
     """The final global parameters of a run, as a state dict for `model.load_state_dict`."""
     return load_file(Path(run_dir) / WEIGHTS_FILE)
+
+
+def load_model(run_dir: str | Path) -> nn.Module:
+    """The network a finished run trained, with its final global weights, in eval mode.
+
+    Built from the run's own `config.toml` (its `[model]` table, plugins included) for the
+    input shape and number of classes recorded with the weights; no dataset is loaded.
+    """
+    from fedsim.config import load_config
+    from fedsim.models import build_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"'{run_dir}' has no {WEIGHTS_FILE}; only a finished run has final weights")
+    config = load_config(run_dir / "config.toml")
+    with safe_open(run_dir / WEIGHTS_FILE, "pt") as f:
+        metadata = f.metadata() or {}
+    if "input_shape" not in metadata:
+        raise ConfigError(f"{run_dir / WEIGHTS_FILE} does not record its input shape; rerun with this fedsim")
+    model = build_model(config.model, tuple(json.loads(metadata["input_shape"])), int(metadata["num_classes"]), config.seed)
+    missing, unexpected = model.load_state_dict(load_weights(run_dir), strict=False)
+    params = dict(model.named_parameters())
+    if unexpected or any(name in params for name in missing):
+        raise ConfigError(f"{run_dir / WEIGHTS_FILE} does not fit the model its config.toml names")
+    return model.eval()

@@ -53,14 +53,17 @@ def run(
     tensorboard: bool = typer.Option(
         False, "--tensorboard", help="Also log per-round metrics to RUN/tensorboard."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite the run folder --out names if it holds a run (everything in it is deleted)."
+    ),
 ) -> None:
     """Run one experiment and write its run folder (config, metrics, partition, summary, weights)."""
     try:
-        _run(config, set_, out_dir, quiet, resume, tensorboard)
+        _run(config, set_, out_dir, quiet, resume, tensorboard, force)
     except FedsimError as e:
         fail(str(e), e.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted; metrics of finished rounds are in the run folder", 130)
+    except KeyboardInterrupt:  # before the run started: nothing to resume
+        fail("interrupted", 130)
 
 
 def _run(
@@ -70,16 +73,18 @@ def _run(
     quiet: bool,
     resume: Optional[Path],
     tensorboard: bool,
+    force: bool,
 ) -> None:
-    from fedsim.checkpoint import prepare_run
-    from fedsim.cli.display import RunProgress
+    from fedsim.checkpoint import checkpoint_round, prepare_run
+    from fedsim.cli.display import RunHeader, RunProgress
     from fedsim.config import load_config
-    from fedsim.errors import ConfigError
+    from fedsim.errors import ConfigError, PluginFailed
+    from fedsim.results import claim_run_folder
 
     if resume is not None:
-        if config_path is not None or overrides or out_dir is not None:
+        if config_path is not None or overrides or out_dir is not None or force:
             raise ConfigError(
-                "--resume RUN_DIR continues a run with its own config; drop CONFIG, --set and --out"
+                "--resume RUN_DIR continues a run with its own config; drop CONFIG, --set, --out and --force"
             )
         if not (resume / "config.toml").is_file():
             raise ConfigError(f"'{resume}' is not a run folder (no config.toml)")
@@ -93,24 +98,24 @@ def _run(
     else:
         config = load_config(config_path, overrides)
         path = out_dir or default_out_dir(config.name)
-    callbacks = [] if quiet else [RunProgress(err)]
+        claim_run_folder(path, overwrite=force)
+    callbacks = [RunHeader(err, resumed=resume is not None)] + ([] if quiet else [RunProgress(err)])
     if tensorboard:
         from fedsim.tensorboard_logger import TensorBoardLogger
 
         callbacks.append(TensorBoardLogger(path / "tensorboard"))
     sim = prepare_run(config, path, callbacks, resume=resume is not None)
-    if resume is not None:
-        start = f"after round {sim.round}" if sim.round else "from round 1 (no checkpoint yet)"
-        say(err, f"resuming {path} {start}")
-    h = sim.heterogeneity()
-    say(
-        err,
-        f"{config.data.dataset}: {config.data.num_clients} clients, {config.data.partitioner} "
-        f"(alpha={config.data.alpha}), sizes {h['min_size']:.0f}..{h['max_size']:.0f}, "
-        f"label TV {h['label_tv']:.3f}, repair moved {h['moved']:.0f}; strategy {config.strategy['name']}, "
-        f"backend {config.engine.backend} on {sim.device}",
-    )
-    summary = sim.run()
+    try:
+        summary = sim.run()
+    except KeyboardInterrupt:
+        saved = checkpoint_round(path)
+        since = (
+            f"from its checkpoint of round {saved}" if saved
+            else "from round 1 (it has no checkpoint: set train.checkpoint_every to keep progress)"
+        )
+        fail(f"interrupted after round {sim.round}; `fedsim run --resume {path}` continues it {since}", 130)
+    except PluginFailed as e:
+        fail(f"{e}; traceback in {path / 'error.txt'}", e.exit_code)
     table = Table(title=f"{config.name}: {summary['rounds']} rounds in {summary['wall_s']:.1f} s")
     for column in ("final accuracy", "best accuracy", "run folder"):
         table.add_column(column)
