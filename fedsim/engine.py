@@ -24,8 +24,13 @@ from fedsim.backends.base import RoundOutput, RoundPlan
 from fedsim.client_state import ClientStateStore
 from fedsim.config import Config
 from fedsim.data import heterogeneity
+from fedsim.divergence import DivergenceWatch
+from fedsim.errors import plugin_code
 from fedsim.federation import build_federation
 from fedsim.memory import model_state_bytes
+from fedsim.plugins import resolved
+from fedsim.provenance import provenance
+from fedsim.threads import run_threads
 from fedsim.strategy import Aggregate, RoundInfo, State
 from fedsim.trainer import join_state
 from fedsim.tree import Params
@@ -42,6 +47,9 @@ class Callback:
 
     def on_round_done(self, sim: "Simulation") -> None:
         """After every round, evaluated or not, once `sim.round` and `sim.history` include it."""
+
+    def on_warning(self, sim: "Simulation", message: str) -> None:
+        """The run looks wrong (e.g. diverging) but goes on; `message` is one line."""
 
     def on_run_end(self, sim: "Simulation", summary: dict[str, Any], error: BaseException | None) -> None: ...
 
@@ -98,6 +106,9 @@ class Simulation:
         self.history = History()
         self.round = 0
         self.backend = None
+        self.threads = run_threads(config.engine, self.model, self.x_test[:1], config.train.batch_size)
+        self.warnings: list[str] = []
+        self.divergence = self.divergence_watch()
         self._wall_before = 0.0  # wall time of the rounds before a resume
         self._run_start: float | None = None
 
@@ -175,6 +186,19 @@ class Simulation:
         n = len(self.y_test)
         return loss_sum / n, correct / n
 
+    def divergence_watch(self) -> DivergenceWatch:
+        """Divergence is judged against the initial model (so a resumed run judges alike)."""
+        initial_loss, _ = self.evaluate()
+        majority = float(torch.bincount(self.y_test).max()) / len(self.y_test)
+        t = self.config.train
+        return DivergenceWatch(initial_loss, majority, t.diverge_loss_factor, t.diverge_chance_rounds)
+
+    def watch(self, record: dict[str, Any]) -> str | None:
+        warning = self.divergence.check(record)
+        if warning is not None:
+            self.warnings.append(warning)
+        return warning
+
     # ------------------------------------------------------------------ state
     def snapshot(self) -> SimulationState:
         """The run's state after `self.round` rounds (tensors on the CPU, shared with the run)."""
@@ -195,6 +219,8 @@ class Simulation:
         for cid, client_state in state.client_states.items():
             self.client_states.set(cid, client_state)
         self.history = History(list(state.history))
+        for record in self.history.records:  # the warnings of the rounds before the resume
+            self.watch(record)
         self._wall_before = state.wall_s
 
     def wall_s(self) -> float:
@@ -206,6 +232,8 @@ class Simulation:
     def run(self) -> dict[str, Any]:
         """Train the remaining rounds; returns the summary. Callbacks see every evaluated round."""
         self._run_start = time.perf_counter()
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)  # restored at the end: a caller's process keeps its setting
         error: BaseException | None = None
         try:
             self.backend = make_backend(self.config.engine.backend, self.task, self.config.engine)
@@ -214,9 +242,10 @@ class Simulation:
             t = self.config.train
             for round_ in range(self.round + 1, t.rounds + 1):
                 round_start = time.perf_counter()
-                plan = self.plan_round(round_)
-                output = self.backend.run_round(plan)
-                train_loss = self.apply_round(plan, output)
+                with plugin_code(round_):
+                    plan = self.plan_round(round_)
+                    output = self.backend.run_round(plan)
+                    train_loss = self.apply_round(plan, output)
                 self.round = round_
                 if round_ % t.eval_every == 0 or round_ == t.rounds:
                     test_loss, test_acc = self.evaluate()
@@ -234,16 +263,21 @@ class Simulation:
                         "peak_cuda_bytes": max(r.peak_cuda_bytes for r in output.reports),
                     }
                     if self.diagnostic_columns:
-                        record.update(self.trainer.round_metrics(output.reports, self.hidden_labels))
+                        with plugin_code(round_):
+                            record.update(self.trainer.round_metrics(output.reports, self.hidden_labels))
                     self.history.records.append(record)
+                    warning = self.watch(record)
                     for cb in self.callbacks:
                         cb.on_round_end(self, record)
+                    for cb in self.callbacks if warning is not None else ():
+                        cb.on_warning(self, warning)
                 for cb in self.callbacks:
                     cb.on_round_done(self)
         except BaseException as err:
             error = err
             raise
         finally:
+            torch.set_num_threads(threads_before)
             if self.backend is not None:
                 self.backend.close()
             summary = self.summary(self.wall_s(), error)
@@ -252,11 +286,20 @@ class Simulation:
         return summary
 
     def summary(self, wall_s: float, error: BaseException | None = None) -> dict[str, Any]:
+        """The run's outcome and what it was: status, accuracies, every hyperparameter of its
+        strategy, trainer and model (defaults included), where it ran and which fedsim ran it."""
         accs = self.history.accuracies()
-        c = self.config
+        c = resolved(self.config)
+        if error is None:
+            status = "finished"
+        elif isinstance(error, KeyboardInterrupt):
+            status = "interrupted"  # resumable, like a killed run: not a failure of the run
+        else:
+            status = "failed"
         return {
-            "status": "finished" if error is None else "failed",
-            "error": None if error is None else str(error) or type(error).__name__,
+            "status": status,
+            "error": None if status != "failed" else str(error) or type(error).__name__,
+            "warnings": list(self.warnings),
             "final_accuracy": accs[-1] if accs else None,
             "best_accuracy": max(accs) if accs else None,
             "rounds": self.round,
@@ -264,12 +307,20 @@ class Simulation:
             "seed": c.seed,
             "strategy": c.strategy["name"],
             "trainer": c.trainer["name"],
+            "model": c.model["name"],
+            "hyperparameters": {  # the chosen plugins' fields (not the sub-tables of the others)
+                key: {k: v for k, v in getattr(c, key).items() if not isinstance(v, dict)}
+                for key in ("strategy", "trainer", "model")
+            },
             "dataset": c.data.dataset,
             "partitioner": c.data.partitioner,
             "alpha": c.data.alpha,
+            "label_ratio": c.data.label_ratio,
             "num_clients": c.data.num_clients,
-            "backend": c.engine.backend,
+            "backend": self.backend.name if self.backend is not None else c.engine.backend,
             "device": str(self.device),
+            "threads": self.threads,
+            **provenance(),
             "heterogeneity": self.heterogeneity(),
         }
 

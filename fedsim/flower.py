@@ -35,6 +35,7 @@ import functools
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import tomllib
@@ -49,6 +50,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
+from flwr.common.logger import update_console_handler
 from flwr.server.superlink.fleet.vce.backend import raybackend
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
@@ -57,7 +59,7 @@ from fedsim.backends.base import Backend, RoundOutput, RoundPlan, Task
 from fedsim.backends.collect import RoundCollector
 from fedsim.backends.serial import SerialExecutor
 from fedsim.config import Config, config_from_dict
-from fedsim.errors import ConfigError, FedsimError, TrainingDiverged
+from fedsim.errors import ConfigError, FedsimError, TrainingDiverged, plugin_code
 from fedsim.federation import build_federation
 from fedsim.local import ClientUpdate
 from fedsim.strategy import State
@@ -146,7 +148,7 @@ class FlowerClient:
         )
         [job] = self.executor.jobs(plan, [client_id])
         try:
-            with task.memory_meter() as memory:
+            with task.memory_meter() as memory, plugin_code(plan.round, [client_id]):
                 update = task.trainer.train(job, self.executor.env)
         except TrainingDiverged as err:  # the server raises it as the serial backend would
             return Message(RecordDict({DIVERGED: MetricRecord({"loss": err.loss})}), reply_to=msg)
@@ -264,6 +266,8 @@ class FlowerBackend(Backend):
     a time (Flower's engine keeps process-wide state).
     """
 
+    name = "flower"
+
     def __init__(self, task: Task) -> None:
         super().__init__(task)
         self.owns_session = False
@@ -296,10 +300,13 @@ class FlowerBackend(Backend):
                     object_store_memory=max(MIN_OBJECT_STORE_BYTES, 2 * data_bytes),
                     include_dashboard=False,
                     log_to_driver=False,
-                    logging_level=logging.WARNING,
+                    logging_level=logging.ERROR,  # not Ray's notes on actors the backend ends
                 )
             self.owns_session = True
         # once in the object store, read once per client process; Ray gives each actor its GPU as "cuda"
+        # Flower's own notices (its deprecation of `run_simulation`) mean nothing to a fedsim user;
+        # its errors still show, coloured only on a terminal
+        update_console_handler(level=logging.ERROR, colored=sys.stderr.isatty())
         task_ref = ray.put(replace(task, device=torch.device("cuda") if cuda else task.device))
         handover: queue.Queue[Grid | None] = queue.Queue()
         server = ServerApp()

@@ -34,10 +34,10 @@ from fedsim.checkpoint import config_differences, prepare_run
 from fedsim.config import Config, config_from_dict, load_config, parse_override
 from fedsim.errors import ConfigError, FedsimError
 from fedsim.plugins import build_strategy
+from fedsim.results import ERROR_FILE, error_details
 from fedsim.validate import validate
 
 MANIFEST = "sweep.json"
-ERROR_FILE = "error.txt"
 _DIED = "a worker process died while this cell ran (out of memory, a crash or killed); rerun to retry"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+=-]+")
 
@@ -207,7 +207,8 @@ def run_cell(config_toml: str, run_dir: str, threads: int) -> str | None:
     try:
         prepare_run(config_from_dict(tomllib.loads(config_toml)), run_dir, resume=True).run()
     except FedsimError as err:
-        return str(err)
+        details = error_details(err)
+        return f"{err}\n\n{details}" if details else str(err)
     except Exception:
         return traceback.format_exc()
     return None

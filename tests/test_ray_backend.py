@@ -68,12 +68,7 @@ def on_ray(address: str, workers: str = "2", cpus: str = "1", *extra: str) -> tu
 @cache
 def serial(overrides: tuple[str, ...], threads: int = 1) -> Simulation:
     """The reference: the same config on the serial backend with `threads` torch threads, run once per module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return run(overrides)
-    finally:
-        torch.set_num_threads(before)
+    return run((*overrides, f"engine.threads={threads}"))
 
 
 def assert_same_run(sim: Simulation, reference: Simulation) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -88,6 +90,8 @@ class RoundOutput:
 
 class Backend(ABC):
     """Runs local training for the sampled clients of each round."""
+
+    name: ClassVar[str]  # its `engine.backend` name, recorded in the run (what "auto" chose)
 
     def __init__(self, task: Task) -> None:
         self.task = task

@@ -46,7 +46,7 @@ from torch.func import vmap
 from fedsim import tree
 from fedsim.backends.base import ClientReport
 from fedsim.backends.collect import RoundCollector
-from fedsim.errors import TrainingDiverged
+from fedsim.errors import TrainingDiverged, plugin_code
 from fedsim.gradients import Objective
 from fedsim.schedule import LocalSchedule, batch_seeds, plan_batches
 from fedsim.strategy import GradFn, LocalContext, LocalSummary, State, Strategy
@@ -204,7 +204,7 @@ class ChunkExecutor:
         for start in range(0, len(client_ids), chunk_size):
             chunk = client_ids[start : start + chunk_size]
             states = [split_state({g: tree.to(p, device) for g, p in plan.client_states[c].items()}) for c in chunk]
-            with memory_meter() as memory:
+            with memory_meter() as memory, plugin_code(plan.round, chunk):
                 result = self.train(
                     client_ids=chunk,
                     works=[plan.work[cid] for cid in chunk],

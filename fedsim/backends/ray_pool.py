@@ -149,6 +149,8 @@ class RayBackend(Backend):
     opened (`ray.init` before the run) is used as is and left open.
     """
 
+    name = "ray"
+
     def __init__(self, task: Task, engine: EngineConfig) -> None:
         super().__init__(task)
         self.engine = engine

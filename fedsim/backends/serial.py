@@ -9,6 +9,7 @@ import torch
 from fedsim import tree
 from fedsim.backends.base import Backend, RoundOutput, RoundPlan, Task
 from fedsim.backends.collect import RoundCollector
+from fedsim.errors import plugin_code
 from fedsim.local import ClientJob
 from fedsim.schedule import cohort_batches
 from fedsim.strategy import State
@@ -35,7 +36,7 @@ class SerialExecutor:
         """Train `client_ids` with `plan` and reduce their updates, in the order of `client_ids`."""
         collector = RoundCollector(self.task.strategy)
         for cid, job in zip(client_ids, self.jobs(plan, client_ids)):
-            with self.task.memory_meter() as memory:
+            with self.task.memory_meter() as memory, plugin_code(plan.round, [cid]):
                 update = self.task.trainer.train(job, self.env)
             collector.add(cid, update, memory.activation_bytes, memory.cuda_bytes)
         return collector.output(client_ids)
@@ -60,6 +61,8 @@ class SerialExecutor:
 
 class SerialBackend(Backend):
     """Keeps every client's data on the device and trains the cohort in order."""
+
+    name = "serial"
 
     def __init__(self, task: Task) -> None:
         super().__init__(task)

@@ -45,6 +45,8 @@ HEAP_MMAP_BYTES = 32 << 20  # blocks below this come from the heap (glibc's larg
 class VectorizedBackend(Backend):
     """Builds the model, the gradient functions and the device-resident data once; trains chunks with vmap."""
 
+    name = "vectorized"
+
     def __init__(self, task: Task, max_clients_per_batch: int = 0, checked=None) -> None:
         super().__init__(task)
         model, x, _ = checked or vectorizable_model(task)  # `checked`: auto_backend's (model, x, y)
@@ -147,6 +149,12 @@ def vectorization_problem(model: nn.Module, grad_fn: GradFn, x: torch.Tensor, y:
     return None
 
 
+def step_flops(model: nn.Module, x: torch.Tensor, batch_size: int) -> float:
+    """FLOPs of one local step on a batch like `x`: 3x the forward FLOPs (forward and backward)
+    of a sample, times `batch_size`."""
+    return 3 * forward_flops(model, x) / len(x) * batch_size
+
+
 def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
     """Matmul and convolution FLOPs of one forward pass on `x` (torch's FlopCounterMode)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -203,8 +211,7 @@ def auto_backend(task: Task, max_clients_per_batch: int = 0) -> Backend:
         except ConfigError:
             return SerialBackend(task)
         model, x, _ = checked
-        step_flops = 3 * forward_flops(model, x) / len(x) * task.schedule.batch_size
-        if step_flops <= AUTO_MAX_STEP_FLOPS[task.device.type]:
+        if step_flops(model, x, task.schedule.batch_size) <= AUTO_MAX_STEP_FLOPS[task.device.type]:
             return VectorizedBackend(task, max_clients_per_batch, checked)
     return SerialBackend(task)
 

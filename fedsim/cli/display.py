@@ -24,6 +24,31 @@ from fedsim.engine import Callback, Simulation
 from fedsim.sweep import SweepListener
 
 
+class RunHeader(Callback):
+    """One line when the run starts: the federation, the strategy and the backend it runs on
+    (the one `engine.backend = "auto"` chose)."""
+
+    def __init__(self, console: Console, resumed: bool = False) -> None:
+        self.console = console
+        self.resumed = resumed
+
+    def on_run_start(self, sim: Simulation) -> None:
+        if self.resumed:
+            start = f"after round {sim.round}" if sim.round else "from round 1 (no checkpoint yet)"
+            say(self.console, f"resuming {sim.config.name} {start}")
+        c, h = sim.config, sim.heterogeneity()
+        say(
+            self.console,
+            f"{c.data.dataset}: {c.data.num_clients} clients, {c.data.partitioner} "
+            f"(alpha={c.data.alpha}), sizes {h['min_size']:.0f}..{h['max_size']:.0f}, "
+            f"label TV {h['label_tv']:.3f}, repair moved {h['moved']:.0f}; strategy {c.strategy['name']}, "
+            f"backend {sim.backend.name} on {sim.device}, {sim.threads} thread(s)",
+        )
+
+    def on_warning(self, sim: Simulation, message: str) -> None:
+        say(self.console, f"warning: {message}")
+
+
 class RunProgress(Callback):
     """A run's round, test accuracy and loss, elapsed time and ETA, updated after every evaluated round."""
 
@@ -41,7 +66,7 @@ class RunProgress(Callback):
             TextColumn("round"),
             MofNCompleteColumn(),
             BarColumn(),
-            TextColumn("acc {task.fields[acc]}  loss {task.fields[loss]}"),
+            TextColumn("acc {task.fields[acc]}  loss {task.fields[loss]}{task.fields[flag]}"),
             TextColumn("elapsed"),
             TimeElapsedColumn(),
             TextColumn("eta"),
@@ -49,17 +74,19 @@ class RunProgress(Callback):
             console=self.console,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=self.rounds, completed=sim.round, acc="-", loss="-")
+        self.task = self.progress.add_task("train", total=self.rounds, completed=sim.round, acc="-", loss="-", flag="")
 
     def on_round_end(self, sim: Simulation, record: dict[str, Any]) -> None:
         acc, loss = f"{record['test_accuracy']:.4f}", f"{record['test_loss']:.4f}"
+        flag = "  (diverging)" if sim.warnings else ""
         if self.progress is None:
             say(
                 self.console,
-                f"round {record['round']}/{self.rounds}  acc {acc}  loss {loss}  elapsed {record['wall_s']:.1f} s",
+                f"round {record['round']}/{self.rounds}  acc {acc}  loss {loss}{flag}  "
+                f"elapsed {record['wall_s']:.1f} s",
             )
         else:
-            self.progress.update(self.task, completed=record["round"], acc=acc, loss=loss)
+            self.progress.update(self.task, completed=record["round"], acc=acc, loss=loss, flag=flag)
 
     def on_run_end(self, sim: Simulation, summary: dict[str, Any], error: BaseException | None) -> None:
         if self.progress is not None:
