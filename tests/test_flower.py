@@ -160,7 +160,7 @@ def test_make_backend_flower_from_python_matches_serial_and_keeps_the_callers_ra
         assert_equal_states(output.client_states[cid], state)
 
 
-def test_fedavg_from_the_cli_on_flower_matches_serial(tmp_path):
+def test_fedavg_from_the_cli_on_flower_matches_serial(tmp_path, capfd):
     runner = CliRunner()
     overrides = [arg for o in FIVE_CLIENTS + ["engine.device=cpu"] for arg in ("--set", o)]
     for backend in ("serial", "flower"):
@@ -174,6 +174,8 @@ def test_fedavg_from_the_cli_on_flower_matches_serial(tmp_path):
     assert accuracy[1] == accuracy[0]
     assert json.loads((tmp_path / "flower" / "summary.json").read_text())["backend"] == "flower"
     assert not ray.is_initialized() and not flower_threads()
+    leaked = capfd.readouterr()  # what Flower and Ray wrote past fedsim: no banners, notices or colours
+    assert "DEPRECATED" not in leaked.err + leaked.out and "\x1b[" not in leaked.err + leaked.out, leaked
 
 
 def test_scaffold_on_flower_checkpoints_client_states_and_resumes_bit_identically(tmp_path):
