@@ -71,6 +71,10 @@ class DataConfig:
     synthetic_alpha: float = option(1.0, ge=0)
     synthetic_beta: float = option(1.0, ge=0)
     label_ratio: float = option(1.0, gt=0, le=1)  # share of each client's samples that keep their label
+    # held out for evaluation, stratified and seeded: a validation share of the train pool (for
+    # tuning; never the test set) and each client's local test share of its own partition
+    validation_fraction: float = option(0.0, ge=0, lt=1)
+    client_test_fraction: float = option(0.0, ge=0, lt=1)
 
 
 class PluginTable(dict):
@@ -140,6 +144,13 @@ class EngineConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Federated evaluation: the global model on clients' local test data (data.client_test_fraction)."""
+
+    clients: int = option(0, ge=0)  # evaluate a fixed, seeded sample of this many clients; 0 = every client
+
+
+@dataclass
 class Config:
     """A whole experiment. `strategy`, `trainer` and `model` hold `name` plus that plugin's fields."""
 
@@ -151,6 +162,7 @@ class Config:
     strategy: PluginTable = field(default_factory=lambda: PluginTable(name="fedavg"))
     trainer: PluginTable = field(default_factory=lambda: PluginTable(name="backprop"))
     engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.func import functional_call
 
 from fedsim import seeding, tree
 from fedsim.backends import make_backend
@@ -26,6 +24,7 @@ from fedsim.config import Config
 from fedsim.data import heterogeneity
 from fedsim.divergence import DivergenceWatch
 from fedsim.errors import plugin_code
+from fedsim.evaluation import DISTRIBUTION_COLUMNS, ClientScores, ClientTestSets, score
 from fedsim.federation import build_federation
 from fedsim.memory import model_state_bytes
 from fedsim.plugins import resolved
@@ -98,8 +97,16 @@ class Simulation:
         self.dataset, self.partition = federation.dataset, federation.partition
         self.train_labels, self.hidden_labels = federation.train_labels, federation.hidden_labels
         self.model, self.params = federation.model, federation.params
-        self.diagnostic_columns = list(self.trainer.metric_columns)
         self.x_test, self.y_test = (t.to(self.device) for t in self.dataset.tensors("test"))
+        self.validation = federation.validation and tuple(t.to(self.device) for t in federation.validation)
+        self.client_test_sets = self.federated_evaluation_sets(federation.client_test)
+        self.client_scores: ClientScores | None = None  # of the latest evaluated round
+        # metrics.csv columns beyond the always-present ones: evaluation sets, trainer diagnostics
+        self.diagnostic_columns = (
+            (["val_accuracy", "val_loss"] if self.validation else [])
+            + (DISTRIBUTION_COLUMNS if self.client_test_sets else [])
+            + list(self.trainer.metric_columns)
+        )
         self.model_state_bytes = model_state_bytes(self.model, momentum=config.train.momentum > 0)
         self.server_state = self.strategy.init_server_state(self.params)
         self.client_states = ClientStateStore()
@@ -173,18 +180,31 @@ class Simulation:
         losses = np.array([r.loss for r in output.reports])
         return float((weights * losses).sum() / weights.sum())
 
-    @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Central test loss and accuracy of the global model."""
+        return score(self.model, self.params, (self.x_test, self.y_test), self.config.train.eval_batch_size)
+
+    def federated_evaluation_sets(self, client_test: list[tuple[torch.Tensor, torch.Tensor]]) -> ClientTestSets | None:
+        """The local test data federated evaluation scores: every client's, or a fixed seeded sample
+        of `eval.clients` of them; None without client test data."""
+        if self.config.data.client_test_fraction == 0:
+            return None
+        n, sample = len(client_test), self.config.eval.clients
+        ids = range(n)
+        if 0 < sample < n:
+            ids = sorted(int(c) for c in seeding.numpy_rng(self.config.seed, "eval_clients").choice(n, sample, replace=False))
+        return ClientTestSets(client_test, list(ids), self.device)
+
+    def evaluation_metrics(self) -> dict[str, float]:
+        """Validation and federated evaluation of the global model, for the round's record."""
+        metrics: dict[str, float] = {}
         batch = self.config.train.eval_batch_size
-        loss_sum, correct = 0.0, 0
-        for start in range(0, len(self.y_test), batch):
-            x, y = self.x_test[start : start + batch], self.y_test[start : start + batch]
-            logits = functional_call(self.model, self.params, (x,))
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-        n = len(self.y_test)
-        return loss_sum / n, correct / n
+        if self.validation:
+            metrics["val_loss"], metrics["val_accuracy"] = score(self.model, self.params, self.validation, batch)
+        if self.client_test_sets:
+            self.client_scores = self.client_test_sets.score(self.model, self.params, batch)
+            metrics.update(self.client_scores.distribution())
+        return metrics
 
     def divergence_watch(self) -> DivergenceWatch:
         """Divergence is judged against the initial model (so a resumed run judges alike)."""
@@ -262,7 +282,8 @@ class Simulation:
                         "model_state_bytes": self.model_state_bytes,
                         "peak_cuda_bytes": max(r.peak_cuda_bytes for r in output.reports),
                     }
-                    if self.diagnostic_columns:
+                    record.update(self.evaluation_metrics())
+                    if self.trainer.metric_columns:
                         with plugin_code(round_):
                             record.update(self.trainer.round_metrics(output.reports, self.hidden_labels))
                     self.history.records.append(record)
@@ -302,6 +323,7 @@ class Simulation:
             "warnings": list(self.warnings),
             "final_accuracy": accs[-1] if accs else None,
             "best_accuracy": max(accs) if accs else None,
+            **self.final_evaluation(),
             "rounds": self.round,
             "wall_s": wall_s,
             "seed": c.seed,
@@ -323,6 +345,19 @@ class Simulation:
             **provenance(),
             "heterogeneity": self.heterogeneity(),
         }
+
+    def final_evaluation(self) -> dict[str, Any]:
+        """The last evaluated round's validation accuracy and client-accuracy distribution, where
+        the run has those evaluation sets."""
+        last = self.history.records[-1] if self.history.records else {}
+        final: dict[str, Any] = {}
+        if self.validation:
+            final["final_val_accuracy"] = last.get("val_accuracy")
+        if self.client_test_sets:
+            final["final_client_accuracy"] = {
+                c.removeprefix("client_accuracy_"): last.get(c) for c in DISTRIBUTION_COLUMNS
+            }
+        return final
 
     def heterogeneity(self) -> dict[str, float]:
         return heterogeneity(self.partition, self.train_labels, self.dataset.num_classes)

@@ -16,6 +16,7 @@ from fedsim import tree
 from fedsim.backends.base import Task
 from fedsim.config import Config
 from fedsim.data import DatasetBundle, Partition, load_dataset, partition_dataset
+from fedsim.data.holdout import split_client_test, split_validation
 from fedsim.data.labels import split_labels
 from fedsim.errors import ConfigError
 from fedsim.models import build_model
@@ -40,6 +41,8 @@ class Federation:
     task: Task
     train_labels: np.ndarray  # every training sample's label, for heterogeneity statistics
     hidden_labels: list[torch.Tensor]  # per client the true labels of its unlabelled samples
+    validation: tuple[torch.Tensor, torch.Tensor] | None  # held out of the train pool (data.validation_fraction)
+    client_test: list[tuple[torch.Tensor, torch.Tensor]]  # per client its local test share (may be empty)
 
 
 def build_trainer_for(config: Config) -> ClientTrainer:
@@ -57,6 +60,7 @@ def build_federation(config: Config) -> Federation:
     d = config.data
     data = dataclasses.asdict(d)  # every [data] key, for the dataset and the partitioner to read
     dataset = load_dataset(data.pop("dataset"), seed=config.seed, **data)
+    dataset, validation = split_validation(dataset, d.validation_fraction, config.seed)
     partition = partition_dataset(
         dataset.train, data.pop("partitioner"), num_clients=data.pop("num_clients"), seed=config.seed, **data
     )
@@ -64,6 +68,7 @@ def build_federation(config: Config) -> Federation:
         raise ConfigError("the partition left a client without data; lower data.num_clients")
     x_train, y_train = dataset.tensors("train")
     client_data = [(x_train[idx], y_train[idx]) for idx in map(torch.as_tensor, partition.indices)]
+    client_data, client_test = split_client_test(client_data, d.client_test_fraction, config.seed)
     # backends get the labelled (x, y) and the unlabelled x; the unlabelled samples' true labels
     # stay with the engine, for the trainer's diagnostics (`ClientTrainer.round_metrics`)
     client_data, unlabelled_data, hidden_labels = split_labels(client_data, d.label_ratio, config.seed)
@@ -82,4 +87,7 @@ def build_federation(config: Config) -> Federation:
         unlabelled_data,
         track_memory=config.engine.track_memory,
     )
-    return Federation(strategy, trainer, dataset, partition, model, params, task, y_train.numpy(), hidden_labels)
+    return Federation(
+        strategy, trainer, dataset, partition, model, params, task, y_train.numpy(), hidden_labels,
+        validation, client_test,
+    )

@@ -28,6 +28,8 @@ METRIC_COLUMNS = [
     "peak_activation_bytes", "model_state_bytes", "peak_cuda_bytes",  # max over the round's clients
 ]
 WEIGHTS_FILE = "model.safetensors"
+CLIENT_METRICS_FILE = "client_metrics.csv"  # per evaluated round and client (federated evaluation)
+CLIENT_METRIC_COLUMNS = ["round", "client_id", "num_samples", "accuracy", "loss"]
 ERROR_FILE = "error.txt"  # the traceback of a run that failed in a plugin's code or in fedsim's
 RUN_MARKERS = ("config.toml", "summary.json", "metrics.csv")  # files only a run folder holds
 
@@ -83,10 +85,30 @@ class RunFolder(Callback):
             writer = csv.writer(f)
             writer.writerow(self.columns)
             writer.writerows([record[c] for c in self.columns] for record in sim.history.records)
+        if sim.client_test_sets is not None:
+            self._start_client_metrics(sim.round)
+
+    def _start_client_metrics(self, resumed_after: int) -> None:
+        """A new client_metrics.csv, or a resumed run's rows up to its checkpoint."""
+        path, kept = self.path / CLIENT_METRICS_FILE, []
+        if resumed_after > 0 and path.is_file():
+            with open(path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["round"]) <= resumed_after]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, CLIENT_METRIC_COLUMNS)
+            writer.writeheader()
+            writer.writerows(kept)
 
     def on_round_end(self, sim: Simulation, record: dict[str, Any]) -> None:
         with open(self.path / "metrics.csv", "a", newline="") as f:
             csv.writer(f).writerow([record[c] for c in self.columns])
+        scores = sim.client_scores
+        if sim.client_test_sets is not None and scores is not None:
+            with open(self.path / CLIENT_METRICS_FILE, "a", newline="") as f:
+                csv.writer(f).writerows(
+                    zip([record["round"]] * len(scores.client_ids), scores.client_ids.tolist(),
+                        scores.num_samples.tolist(), scores.accuracy.tolist(), scores.loss.tolist())
+                )
 
     def on_run_end(self, sim: Simulation, summary: dict[str, Any], error: BaseException | None) -> None:
         if not self.path.exists():

@@ -30,6 +30,10 @@ def validate(config: Config) -> None:
     make("partitioner", config.data.partitioner)
     t = config.train
     _require(t.local_epochs >= 1 or t.local_steps >= 1, "set train.local_epochs >= 1 or train.local_steps >= 1")
+    _require(
+        config.eval.clients == 0 or config.data.client_test_fraction > 0,
+        "eval.clients evaluates clients on their local test data: set data.client_test_fraction > 0",
+    )
     validate_ray(config)
     resolve_device(config.engine.device)
     validate_trainer(config)

@@ -1,0 +1,48 @@
+"""Held-out evaluation data, split once before training, stratified and seeded:
+
+- a validation split of the train pool (`data.validation_fraction`), taken before the pool is
+  partitioned, for tuning hyperparameters without looking at the test set;
+- each client's local test share of its own partition (`data.client_test_fraction`), so a
+  client's test data follows its own label skew (federated evaluation).
+
+Both keep at least one training sample wherever there was one (`labelled_mask`'s rule).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from fedsim import seeding
+from fedsim.data.datasets import DatasetBundle
+from fedsim.data.labels import labelled_mask
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+def split_validation(dataset: DatasetBundle, fraction: float, seed: int) -> tuple[DatasetBundle, Split | None]:
+    """The dataset with `fraction` of its train split held out, and the held-out (x, y); None when 0."""
+    if fraction == 0:
+        return dataset, None
+    x, y = dataset.tensors("train")
+    keep = labelled_mask(y.numpy(), 1 - fraction, seeding.numpy_rng(seed, "validation"))
+    reduced = dataclasses.replace(dataset, train=dataset.train.select(np.flatnonzero(keep)))
+    held = torch.from_numpy(~keep)
+    return reduced, (x[held], y[held])
+
+
+def split_client_test(client_data: list[Split], fraction: float, seed: int) -> tuple[list[Split], list[Split]]:
+    """Per client, seeded by (seed, "client_test", client id): its training (x, y) and its local test
+    (x, y), a stratified `fraction` of its samples (empty when 0, or for a client of one sample)."""
+    train, test = [], []
+    for cid, (x, y) in enumerate(client_data):
+        if fraction == 0:
+            keep = torch.ones(len(y), dtype=torch.bool)
+        else:
+            rng = seeding.numpy_rng(seed, "client_test", cid)
+            keep = torch.from_numpy(labelled_mask(y.numpy(), 1 - fraction, rng))
+        train.append((x[keep], y[keep]))
+        test.append((x[~keep], y[~keep]))
+    return train, test
