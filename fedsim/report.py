@@ -2,7 +2,9 @@
 
 Cells are grouped by every grid key of `sweep.json` except the seed; each group gets the
 mean and sample standard deviation over its finished seeds of final accuracy, best
-accuracy, rounds to reach a target accuracy and wall time per round. Failed and unfinished
+accuracy, rounds to reach a target accuracy and wall time per round, and, for runs with
+evaluation sets, the final validation accuracy and the final client-accuracy distribution
+(mean over clients, 10th percentile, worst client). Failed and unfinished
 cells are counted, never averaged. Written into the folder: `report.csv` (the tidy table),
 `runs.csv` (one row per cell), `report.md`, and PNG plots drawn with matplotlib's
 object-oriented API (Agg canvas, no pyplot state).
@@ -25,6 +27,14 @@ from fedsim.sweep import MANIFEST, cell_status, read_summary
 
 ALPHA = "data.alpha"
 STATS = ("final_accuracy", "best_accuracy", "rounds_to_target", "round_s")
+# final values of metrics.csv columns that runs with evaluation sets have: (column, report header)
+EVALUATION_STATS = {
+    "val_accuracy": "val accuracy",
+    "client_accuracy_mean": "client acc mean",
+    "client_accuracy_p10": "client acc p10",
+    "client_accuracy_min": "worst client",
+}
+CLIENT_METRICS = "client_metrics.csv"
 
 
 @dataclass
@@ -43,6 +53,7 @@ class Runs:
     cells: pd.DataFrame
     curves: pd.DataFrame
     keys: list[str]
+    evaluation: list[str]  # the EVALUATION_STATS some finished cell has
 
 
 def make_report(folder: str | Path, target: float) -> Report:
@@ -87,7 +98,8 @@ def load_runs(folder: Path, target: float) -> Runs:
     cells = pd.DataFrame(rows)
     columns = [*keys, "seed", "round", "test_accuracy"]
     curve_table = pd.concat(curves, ignore_index=True)[columns] if curves else pd.DataFrame(columns=columns)
-    return Runs(cells, curve_table, keys)
+    evaluation = [c for c in EVALUATION_STATS if c in cells and cells[c].notna().any()]
+    return Runs(cells, curve_table, keys, evaluation)
 
 
 def _read_cell(run_dir: Path, target: float) -> tuple[dict[str, Any], pd.DataFrame | None]:
@@ -104,6 +116,7 @@ def _read_cell(run_dir: Path, target: float) -> tuple[dict[str, Any], pd.DataFra
         best_accuracy=float(metrics["test_accuracy"].max()),
         rounds_to_target=float(reached.iloc[0]) if len(reached) else math.nan,
         round_s=float(metrics["round_s"].mean()),
+        **{c: float(metrics[c].iloc[-1]) for c in EVALUATION_STATS if c in metrics},
     )
     return row, metrics
 
@@ -129,7 +142,7 @@ def summarise(runs: Runs, target: float) -> pd.DataFrame:
             target=target,
             reached_target=int(done["rounds_to_target"].notna().sum()),
         )
-        for stat in STATS:
+        for stat in (*STATS, *runs.evaluation):
             row[f"{stat}_mean"] = done[stat].mean()
             row[f"{stat}_std"] = done[stat].std()
         rows.append(row)
@@ -145,6 +158,7 @@ def to_markdown(folder: Path, runs: Runs, table: pd.DataFrame, target: float) ->
         "best accuracy",
         f"rounds to {target:g}",
         "s / round",
+        *(EVALUATION_STATS[c] for c in runs.evaluation),
         "failed",
     ]
     if table["unfinished"].any():
@@ -153,13 +167,14 @@ def to_markdown(folder: Path, runs: Runs, table: pd.DataFrame, target: float) ->
     for row in table.to_dict("records"):
         cells = [_value(row[k]) for k in runs.keys] + [str(row["seeds"])]
         if row["seeds"] == 0:
-            cells += ["failed" if row["failed"] else "unfinished"] * 4
+            cells += ["failed" if row["failed"] else "unfinished"] * (4 + len(runs.evaluation))
         else:
             cells += [
                 _mean_std(row, "final_accuracy", 3),
                 _mean_std(row, "best_accuracy", 3),
                 _rounds(row),
                 _mean_std(row, "round_s", 3),
+                *(_mean_std(row, c, 3) for c in runs.evaluation),
             ]
         cells.append(str(row["failed"]))
         if "unfinished" in headers:
@@ -170,7 +185,12 @@ def to_markdown(folder: Path, runs: Runs, table: pd.DataFrame, target: float) ->
         "",
         f"Mean ± sample std over finished seeds. `rounds to {target:g}`: the first evaluated round "
         f"whose test accuracy reaches {target:g} (n/m: reached by n of m seeds). `s / round`: mean "
-        "wall time per round.",
+        "wall time per round."
+        + (
+            " Client accuracy: the final global model on each client's local test data; mean over "
+            "clients, 10th percentile and worst client (each then averaged over seeds)."
+            if set(runs.evaluation) - {"val_accuracy"} else ""
+        ),
         "",
         *lines,
     ]
@@ -211,16 +231,60 @@ def plot(folder: Path, runs: Runs) -> list[Path]:
     files = [_accuracy_vs_round(folder / "accuracy_vs_round.png", runs)]
     if ALPHA in runs.keys and runs.cells[ALPHA].nunique() > 1:
         files.append(_final_accuracy_vs_alpha(folder / "final_accuracy_vs_alpha.png", runs))
+    clients = _final_client_accuracies(folder, runs)
+    if not clients.empty:
+        files.append(_client_accuracy_cdf(folder / "client_accuracy_cdf.png", runs, clients))
     return files
+
+
+def _panels(runs: Runs, frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per alpha when alpha is a grid key, else one untitled panel."""
+    if ALPHA not in runs.keys:
+        return [("", frame)]
+    finished = runs.cells[runs.cells["status"] == "finished"]
+    return [(f"alpha = {_value(float(a))}", frame[frame[ALPHA] == a]) for a in sorted(finished[ALPHA].unique())]
+
+
+def _final_client_accuracies(folder: Path, runs: Runs) -> pd.DataFrame:
+    """Every finished cell's per-client accuracy in its last evaluated round, with the cell's keys."""
+    frames = []
+    for cell in runs.cells[runs.cells["status"] == "finished"].to_dict("records"):
+        path = (folder if runs.keys == ["run"] else folder / cell["cell"]) / CLIENT_METRICS
+        if path.is_file():
+            rows = pd.read_csv(path)
+            last = rows[rows["round"] == rows["round"].max()]
+            frames.append(last[["accuracy"]].assign(**{k: cell[k] for k in runs.keys}, seed=cell["seed"]))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _client_accuracy_cdf(path: Path, runs: Runs, clients: pd.DataFrame) -> Path:
+    """The distribution of the final global model's accuracy over clients: an empirical CDF per
+    series (clients of every seed pooled), a panel per alpha. Further left = worse clients."""
+    panels = _panels(runs, clients)
+    fig = Figure(figsize=(4.2 * len(panels) + 2.2, 3.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True).ravel()
+    series_keys = [k for k in runs.keys if k != ALPHA]
+    styles = _styles(clients, series_keys)
+    for ax, (title, rows) in zip(axes, panels):
+        for label, series in _series(rows, series_keys):
+            accuracy = series["accuracy"].sort_values().to_numpy()
+            share = [(i + 1) / len(accuracy) for i in range(len(accuracy))]
+            style = {k: v for k, v in styles[label].items() if k != "marker"}
+            ax.step(accuracy, share, where="post", label=label, **style)
+        ax.set_title(title)
+        ax.set_xlabel("client test accuracy (final global model)")
+        ax.set_ylabel("share of clients at or below")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Accuracy over clients (empirical CDF, clients of all seeds pooled)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", title=" / ".join(series_keys) or None)
+    fig.savefig(path, dpi=120)
+    return path
 
 
 def _accuracy_vs_round(path: Path, runs: Runs) -> Path:
     finished = runs.cells[runs.cells["status"] == "finished"]
-    if ALPHA in runs.keys:
-        alphas = sorted(finished[ALPHA].unique())
-        panels = [(f"alpha = {_value(float(a))}", runs.curves[runs.curves[ALPHA] == a]) for a in alphas]
-    else:
-        panels = [("", runs.curves)]
+    panels = _panels(runs, runs.curves)
     cols = len(panels) if len(panels) <= 3 else math.ceil(math.sqrt(len(panels)))
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(4.2 * cols + 2.2, 3.4 * rows + 0.8), layout="constrained")

@@ -123,6 +123,33 @@ def test_a_sweep_over_seeds_only_is_one_row(tmp_path):
     assert (tmp_path / "accuracy_vs_round.png").exists()
 
 
+def test_runs_with_evaluation_sets_report_validation_and_client_accuracy(tmp_path):
+    cells = [{"name": f"seed={seed}", "values": {}, "seed": seed} for seed in (0, 1)]
+    (tmp_path / "sweep.json").write_text(json.dumps({"grid": {}, "seeds": [0, 1], "cells": cells}))
+    for seed, (val, worst) in enumerate(([0.7, 0.2], [0.9, 0.4])):
+        run = tmp_path / f"seed={seed}"
+        write_run(run, [0.5, 0.8])
+        metrics = pd.read_csv(run / "metrics.csv").assign(
+            val_accuracy=[0.1, val], client_accuracy_mean=0.6, client_accuracy_p10=0.3, client_accuracy_min=[0, worst]
+        )
+        metrics.to_csv(run / "metrics.csv", index=False)
+        rows = [(r, c, 10, acc) for r in (1, 2) for c, acc in enumerate([worst, 0.6, 1.0])]
+        pd.DataFrame(rows, columns=["round", "client_id", "num_samples", "accuracy"]).assign(loss=1.0).to_csv(
+            run / "client_metrics.csv", index=False
+        )
+    report = make_report(tmp_path, target=0.8)
+    assert report.table["val_accuracy_mean"][0] == pytest.approx(0.8)
+    assert report.table["client_accuracy_min_mean"][0] == pytest.approx(0.3)
+    assert "val accuracy | client acc mean | client acc p10 | worst client" in report.markdown
+    assert "| 0.800 ± 0.141 | 0.600 ± 0.000 | 0.300 ± 0.000 | 0.300 ± 0.141 |" in report.markdown
+    assert (tmp_path / "client_accuracy_cdf.png").read_bytes()[:8] == PNG
+
+
+def test_runs_without_evaluation_sets_keep_the_plain_table(tmp_path):
+    report = make_report(fake_sweep(tmp_path), target=0.8)
+    assert "val accuracy" not in report.markdown and not (tmp_path / "client_accuracy_cdf.png").exists()
+
+
 def test_report_mistakes_are_one_line(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2 and "neither a sweep folder" in result.output
