@@ -148,6 +148,9 @@ class EvalConfig:
     """Federated evaluation: the global model on clients' local test data (data.client_test_fraction)."""
 
     clients: int = option(0, ge=0)  # evaluate a fixed, seeded sample of this many clients; 0 = every client
+    # > 0: each evaluated client fine-tunes the global model this many local SGD steps (train.lr,
+    # train.batch_size) on its training data before it is scored, as its personal model
+    finetune_steps: int = option(0, ge=0)
 
 
 @dataclass

@@ -24,14 +24,15 @@ from fedsim.config import Config
 from fedsim.data import heterogeneity
 from fedsim.divergence import DivergenceWatch
 from fedsim.errors import plugin_code
-from fedsim.evaluation import DISTRIBUTION_COLUMNS, ClientScores, ClientTestSets, score
+from fedsim.evaluation import DISTRIBUTION_COLUMNS, PERSONAL_COLUMNS, ClientScores, ClientTestSets, finetuned, score
 from fedsim.federation import build_federation
 from fedsim.memory import model_state_bytes
 from fedsim.plugins import resolved
 from fedsim.provenance import provenance
 from fedsim.threads import run_threads
 from fedsim.strategy import Aggregate, RoundInfo, State
-from fedsim.trainer import join_state
+from fedsim.schedule import batch_seeds
+from fedsim.trainer import has_personal_models, join_state, split_state
 from fedsim.tree import Params
 from fedsim.validate import validate
 
@@ -101,10 +102,16 @@ class Simulation:
         self.validation = federation.validation and tuple(t.to(self.device) for t in federation.validation)
         self.client_test_sets = self.federated_evaluation_sets(federation.client_test)
         self.client_scores: ClientScores | None = None  # of the latest evaluated round
+        # each client's own model is scored too: the trainer's personal model, or the fine-tuned global one
+        self.personal = self.client_test_sets is not None and (
+            has_personal_models(self.trainer) or config.eval.finetune_steps > 0
+        )
+        self.personal_scores: ClientScores | None = None
         # metrics.csv columns beyond the always-present ones: evaluation sets, trainer diagnostics
         self.diagnostic_columns = (
             (["val_accuracy", "val_loss"] if self.validation else [])
             + (DISTRIBUTION_COLUMNS if self.client_test_sets else [])
+            + (PERSONAL_COLUMNS if self.personal else [])
             + list(self.trainer.metric_columns)
         )
         self.model_state_bytes = model_state_bytes(self.model, momentum=config.train.momentum > 0)
@@ -204,7 +211,29 @@ class Simulation:
         if self.client_test_sets:
             self.client_scores = self.client_test_sets.score(self.model, self.params, batch)
             metrics.update(self.client_scores.distribution())
+        if self.personal:
+            self.personal_scores = self.client_test_sets.score_each(self.model, self.personal_models(), batch)
+            metrics.update(self.personal_scores.distribution("personal_accuracy_"))
         return metrics
+
+    def personal_models(self) -> list[Params]:
+        """The params each evaluated client uses on its own: the global model fine-tuned for
+        `eval.finetune_steps` on its training data, or its trainer's personal model (a client
+        that never trained has the one of a new client)."""
+        steps = self.config.eval.finetune_steps
+        models = []
+        for cid in self.client_test_sets.client_ids.tolist():
+            if steps > 0:
+                data = tuple(t.to(self.device) for t in self.task.client_data[cid])
+                [seed] = batch_seeds(self.config.seed, "finetune", self.round, [cid])
+                lr = self.lr_at(self.round)
+                models.append(finetuned(self.model, self.params, data, steps, self.config.train.batch_size, lr, int(seed)))
+            else:
+                state = self.client_states.get(cid)
+                _, trainer_state = split_state(state if state is not None else self.new_client_state())
+                trainer_state = {g: tree.to(p, self.device) for g, p in trainer_state.items()}
+                models.append(self.trainer.personal_params(self.params, trainer_state))
+        return models
 
     def divergence_watch(self) -> DivergenceWatch:
         """Divergence is judged against the initial model (so a resumed run judges alike)."""
@@ -356,6 +385,10 @@ class Simulation:
         if self.client_test_sets:
             final["final_client_accuracy"] = {
                 c.removeprefix("client_accuracy_"): last.get(c) for c in DISTRIBUTION_COLUMNS
+            }
+        if self.personal:
+            final["final_personal_accuracy"] = {
+                c.removeprefix("personal_accuracy_"): last.get(c) for c in PERSONAL_COLUMNS
             }
         return final
 

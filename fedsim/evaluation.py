@@ -16,13 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from fedsim import tree
+from fedsim.gradients import autograd_grad_fn
+from fedsim.schedule import client_batches
 from fedsim.tree import Params
 
 Split = tuple[torch.Tensor, torch.Tensor]
-DISTRIBUTION_COLUMNS = [
-    "client_accuracy_mean", "client_accuracy_weighted", "client_accuracy_std",
-    "client_accuracy_p10", "client_accuracy_min",
-]
+STATISTICS = ("mean", "weighted", "std", "p10", "min")
+DISTRIBUTION_COLUMNS = [f"client_accuracy_{s}" for s in STATISTICS]  # the global model on clients' test data
+PERSONAL_COLUMNS = [f"personal_accuracy_{s}" for s in STATISTICS]  # each client's personal model
 
 
 @torch.no_grad()
@@ -56,16 +58,11 @@ class ClientScores:
     accuracy: np.ndarray
     loss: np.ndarray
 
-    def distribution(self) -> dict[str, float]:
+    def distribution(self, prefix: str = "client_accuracy_") -> dict[str, float]:
         """Mean over clients, sample-weighted mean, std, 10th percentile and worst client."""
         acc, n = self.accuracy, self.num_samples
-        return {
-            "client_accuracy_mean": float(acc.mean()),
-            "client_accuracy_weighted": float((acc * n).sum() / n.sum()),
-            "client_accuracy_std": float(acc.std()),
-            "client_accuracy_p10": float(np.percentile(acc, 10)),
-            "client_accuracy_min": float(acc.min()),
-        }
+        values = (acc.mean(), (acc * n).sum() / n.sum(), acc.std(), np.percentile(acc, 10), acc.min())
+        return {prefix + s: float(v) for s, v in zip(STATISTICS, values)}
 
 
 class ClientTestSets:
@@ -81,6 +78,7 @@ class ClientTestSets:
         self.x = torch.cat([client_test[cid][0] for cid in ids]).to(device)
         self.y = torch.cat([client_test[cid][1] for cid in ids]).to(device)
         self.owner = torch.repeat_interleave(torch.arange(len(ids)), torch.from_numpy(self.num_samples)).to(device)
+        self.offsets = np.concatenate([[0], np.cumsum(self.num_samples)])
 
     def score(self, model: nn.Module, params: Params, batch: int) -> ClientScores:
         loss, correct = per_sample(model, params, self.x, self.y, batch)
@@ -88,3 +86,25 @@ class ClientTestSets:
         loss_sum = torch.bincount(self.owner, weights=loss.double(), minlength=count).cpu().numpy()
         right = torch.bincount(self.owner, weights=correct.double(), minlength=count).cpu().numpy()
         return ClientScores(self.client_ids, self.num_samples, right / self.num_samples, loss_sum / self.num_samples)
+
+    def score_each(self, model: nn.Module, params_of: list[Params], batch: int) -> ClientScores:
+        """Each client scored with params of its own (`params_of[i]` for `client_ids[i]`)."""
+        accuracy, loss = np.zeros(len(self.client_ids)), np.zeros(len(self.client_ids))
+        for i, params in enumerate(params_of):
+            rows = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+            loss[i], accuracy[i] = score(model, params, (self.x[rows], self.y[rows]), batch)
+        return ClientScores(self.client_ids, self.num_samples, accuracy, loss)
+
+
+def finetuned(
+    model: nn.Module, params: Params, data: Split, steps: int, batch_size: int, lr: float, batch_seed: int
+) -> Params:
+    """`params` after `steps` plain SGD steps on cross-entropy over `data` (the local fine-tuning
+    baseline of personalisation papers), batches drawn from `batch_seed` as in training."""
+    grad_fn = autograd_grad_fn(model, F.cross_entropy)
+    x, y = data
+    for idx in client_batches(len(y), steps, batch_size, batch_seed):
+        idx = idx.to(x.device)
+        _, grads = grad_fn(params, (x[idx], y[idx]))
+        params = tree.add(params, grads, -lr)
+    return params

@@ -33,6 +33,9 @@ EVALUATION_STATS = {
     "client_accuracy_mean": "client acc mean",
     "client_accuracy_p10": "client acc p10",
     "client_accuracy_min": "worst client",
+    "personal_accuracy_mean": "personal acc mean",
+    "personal_accuracy_p10": "personal acc p10",
+    "personal_accuracy_min": "personal worst",
 }
 CLIENT_METRICS = "client_metrics.csv"
 

@@ -30,6 +30,7 @@ METRIC_COLUMNS = [
 WEIGHTS_FILE = "model.safetensors"
 CLIENT_METRICS_FILE = "client_metrics.csv"  # per evaluated round and client (federated evaluation)
 CLIENT_METRIC_COLUMNS = ["round", "client_id", "num_samples", "accuracy", "loss"]
+PERSONAL_METRIC_COLUMNS = ["personal_accuracy", "personal_loss"]  # where clients have models of their own
 ERROR_FILE = "error.txt"  # the traceback of a run that failed in a plugin's code or in fedsim's
 RUN_MARKERS = ("config.toml", "summary.json", "metrics.csv")  # files only a run folder holds
 
@@ -86,16 +87,16 @@ class RunFolder(Callback):
             writer.writerow(self.columns)
             writer.writerows([record[c] for c in self.columns] for record in sim.history.records)
         if sim.client_test_sets is not None:
-            self._start_client_metrics(sim.round)
+            self._start_client_metrics(sim)
 
-    def _start_client_metrics(self, resumed_after: int) -> None:
+    def _start_client_metrics(self, sim: Simulation) -> None:
         """A new client_metrics.csv, or a resumed run's rows up to its checkpoint."""
         path, kept = self.path / CLIENT_METRICS_FILE, []
-        if resumed_after > 0 and path.is_file():
+        if sim.round > 0 and path.is_file():
             with open(path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["round"]) <= resumed_after]
+                kept = [row for row in csv.DictReader(f) if int(row["round"]) <= sim.round]
         with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, CLIENT_METRIC_COLUMNS)
+            writer = csv.DictWriter(f, CLIENT_METRIC_COLUMNS + (PERSONAL_METRIC_COLUMNS if sim.personal else []))
             writer.writeheader()
             writer.writerows(kept)
 
@@ -104,11 +105,12 @@ class RunFolder(Callback):
             csv.writer(f).writerow([record[c] for c in self.columns])
         scores = sim.client_scores
         if sim.client_test_sets is not None and scores is not None:
+            columns = [[record["round"]] * len(scores.client_ids), scores.client_ids.tolist(),
+                       scores.num_samples.tolist(), scores.accuracy.tolist(), scores.loss.tolist()]
+            if sim.personal:
+                columns += [sim.personal_scores.accuracy.tolist(), sim.personal_scores.loss.tolist()]
             with open(self.path / CLIENT_METRICS_FILE, "a", newline="") as f:
-                csv.writer(f).writerows(
-                    zip([record["round"]] * len(scores.client_ids), scores.client_ids.tolist(),
-                        scores.num_samples.tolist(), scores.accuracy.tolist(), scores.loss.tolist())
-                )
+                csv.writer(f).writerows(zip(*columns))
 
     def on_run_end(self, sim: Simulation, summary: dict[str, Any], error: BaseException | None) -> None:
         if not self.path.exists():

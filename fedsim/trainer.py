@@ -10,13 +10,17 @@ what it keeps on the client between rounds.
 One client's round, as every executor runs it (`local_loop` one client at a time, the
 vectorized backend's vmapped ticks for a chunk of clients at once)::
 
-    ctx   = LocalContext(global_params, broadcast, strategy_state, lr)
-    opt   = trainer.begin(global_params, trainer_state, ctx)       # optimiser state of the round
-    carry = strategy.client_begin(ctx)
+    ctx    = LocalContext(global_params, broadcast, strategy_state, lr)
+    params = trainer.start_params(global_params, trainer_state)    # e.g. with a private head
+    opt    = trainer.begin(global_params, trainer_state, ctx)      # optimiser state of the round
+    carry  = strategy.client_begin(ctx)
     for batch in the client's schedule (fedsim.schedule: the same batches on every backend):
         loss, params, opt, carry = trainer.step(params, opt, carry, batch, grad_fn, strategy, ctx)
-    upload, strategy_state = strategy.client_end(params, carry, ctx, summary)
+    upload, strategy_state = strategy.client_end(trainer.shared_params(params, global_params), carry, ctx, summary)
     trainer_state = trainer.end(params, opt, trainer_state, summary)
+
+A personalised trainer keeps a model of each client's own in its state and says which it is
+(`personal_params`); federated evaluation then scores each client's personal model too.
 
 `begin`, `step`, `update` and `end` are pure tensor functions (no Python branching on tensor
 values), so a trainer with `vectorizes = True` runs unchanged under `torch.func.vmap`. A
@@ -122,6 +126,20 @@ class ClientTrainer:
         """The trainer's state of a client that has never participated ({} when it keeps none)."""
         return {}
 
+    def start_params(self, params: Params, state: State) -> Params:
+        """The params a client's round starts from, given the global ones (a trainer that keeps
+        some params private to the client puts the client's own in)."""
+        return params
+
+    def shared_params(self, params: Params, global_params: Params) -> Params:
+        """The locally trained params the strategy turns into the upload: private parts are reset
+        to the global values here, so their update never leaves the client."""
+        return params
+
+    def personal_params(self, global_params: Params, state: State) -> Params | None:
+        """The model a client of this `state` uses, for federated evaluation; None: the global one."""
+        return None
+
     def begin(self, params: Params, state: State, ctx: LocalContext) -> State:
         """The optimiser state at the start of a client's round (SGD momentum starts empty)."""
         return {}
@@ -160,12 +178,17 @@ class ClientTrainer:
         return {}
 
 
+def has_personal_models(trainer: ClientTrainer) -> bool:
+    """Whether `trainer` keeps a model of each client's own (overrides `personal_params`)."""
+    return type(trainer).personal_params is not ClientTrainer.personal_params
+
+
 class LocalRun:
     """The evolving local model of one client-round: params, optimiser state, carry, loss sum, steps."""
 
     def __init__(self, trainer: ClientTrainer, job: ClientJob, env: LocalEnv) -> None:
         self.trainer, self.env, self.ctx = trainer, env, job.context()
-        self.params: Params = job.global_params
+        self.params: Params = trainer.start_params(job.global_params, job.trainer_state)
         self.opt = trainer.begin(job.global_params, job.trainer_state, self.ctx)
         self.carry = env.strategy.client_begin(self.ctx)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=job.data[1].device)
@@ -184,7 +207,8 @@ class LocalRun:
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(job.round, job.client_id, mean_loss)
         summary = LocalSummary(num_steps=self.steps, num_samples=num_samples, lr=job.lr)
-        upload, strategy_state = self.env.strategy.client_end(self.params, self.carry, self.ctx, summary)
+        shared = self.trainer.shared_params(self.params, job.global_params)
+        upload, strategy_state = self.env.strategy.client_end(shared, self.carry, self.ctx, summary)
         trainer_state = self.trainer.end(self.params, self.opt, job.trainer_state, summary)
         return ClientUpdate(
             upload, strategy_state, trainer_state, num_samples, self.steps, mean_loss, diagnostics or {}

@@ -15,6 +15,7 @@ import torch
 from fedsim.config import Config, config_from_dict
 from fedsim.errors import ConfigError
 from fedsim.plugins import build_trainer, make, resolved
+from fedsim.trainer import has_personal_models
 
 
 def _require(ok: bool, message: str) -> None:
@@ -30,10 +31,11 @@ def validate(config: Config) -> None:
     make("partitioner", config.data.partitioner)
     t = config.train
     _require(t.local_epochs >= 1 or t.local_steps >= 1, "set train.local_epochs >= 1 or train.local_steps >= 1")
-    _require(
-        config.eval.clients == 0 or config.data.client_test_fraction > 0,
-        "eval.clients evaluates clients on their local test data: set data.client_test_fraction > 0",
-    )
+    for key in ("clients", "finetune_steps"):
+        _require(
+            getattr(config.eval, key) == 0 or config.data.client_test_fraction > 0,
+            f"eval.{key} evaluates clients on their local test data: set data.client_test_fraction > 0",
+        )
     validate_ray(config)
     resolve_device(config.engine.device)
     validate_trainer(config)
@@ -63,6 +65,11 @@ def validate_ray(config: Config) -> None:
 def validate_trainer(config: Config) -> None:
     """The `[trainer]` table's values; backends that train vmapped chunks need a trainer that vectorizes."""
     trainer = build_trainer(config.trainer)
+    _require(
+        not (has_personal_models(trainer) and config.eval.finetune_steps > 0),
+        f"eval.finetune_steps fine-tunes the global model, but trainer '{trainer.name}' keeps personal "
+        "models of its own: set eval.finetune_steps=0",
+    )
     if trainer.vectorizes:
         return
     e, name = config.engine, trainer.name

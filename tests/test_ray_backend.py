@@ -16,6 +16,7 @@ import time
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import ray
@@ -132,6 +133,16 @@ def test_local_learning_on_vectorized_ray_workers_is_one_line():
 def test_any_pool_size_matches_serial_bit_for_bit(cluster, config):
     for workers, cpus in POOLS:
         assert_same_run(run(config + on_ray(cluster, workers, cpus)), serial(config, int(cpus)))
+
+
+@pytest.mark.parametrize("trainer", ["fedper", "ditto"])
+def test_personalised_trainers_and_federated_evaluation_match_serial_bit_for_bit(cluster, trainer):
+    config = PARTIAL + (f"trainer.name={trainer}", "data.client_test_fraction=0.25", "data.validation_fraction=0.1")
+    sim, reference = run(config + on_ray(cluster, "2", "1")), serial(config)
+    assert_same_run(sim, reference)
+    assert sim.history.records == [{**r, "round_s": s["round_s"], "wall_s": s["wall_s"]}
+                                   for r, s in zip(reference.history.records, sim.history.records)]
+    assert np.array_equal(sim.personal_scores.accuracy, reference.personal_scores.accuracy)
 
 
 @pytest.mark.parametrize("strategy", ["fedavg", "scaffold"])

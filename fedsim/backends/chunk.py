@@ -240,6 +240,7 @@ class ChunkExecutor:
             def client_step(params, opt, carry, strategy_state, trainer_state, x, y):
                 ctx = LocalContext(global_params, broadcast, strategy_state, lr)
                 if first:
+                    params = trainer.start_params(params, trainer_state)
                     opt = trainer.begin(global_params, trainer_state, ctx)
                     carry = strategy.client_begin(ctx)
                 loss, params, opt, carry = trainer.step(params, opt, carry, (x, y), grad_fn, strategy, ctx)
@@ -305,7 +306,8 @@ class ChunkExecutor:
 
         def end(p, o, c, s, t, num_steps, num_samples):
             summary = LocalSummary(num_steps, num_samples, lr)
-            upload, s_new = strategy.client_end(p, c, LocalContext(global_params, broadcast, s, lr), summary)
+            shared = trainer.shared_params(p, global_params)
+            upload, s_new = strategy.client_end(shared, c, LocalContext(global_params, broadcast, s, lr), summary)
             return upload, s_new, trainer.end(p, o, t, summary)
 
         stacked = (params, opt, carry, strategy_state, trainer_state)
