@@ -146,7 +146,8 @@ def test_make_backend_flower_from_python_matches_serial_and_keeps_the_callers_ra
         try:
             output = backend.run_round(plan)
             broken = {cid: {"c": {k: torch.zeros(2, 3, 5, 7) for k in sim.params}} for cid in plan.client_ids}
-            with pytest.raises(FedsimError, match=r"^Flower client \d failed: RuntimeError: [^\n]*$"):
+            one_line = r"^Flower client \d failed: strategy 'scaffold' in client_begin raised RuntimeError: [^\n]*"
+            with pytest.raises(FedsimError, match=one_line + r" \(round 1, client \d\)$"):
                 backend.run_round(replace(plan, client_states=broken))  # a client's error, in one line
         finally:
             backend.close()
