@@ -17,7 +17,9 @@ are cores; on a GPU, four share it) and no `init_args` ("for the highest perform
 Each reply also carries, in a ConfigRecord the strategy does not aggregate, its actor's process
 id, how many times that actor has built the workload so far and the seconds the client spent in
 `load_state_dict` + local SGD + `state_dict`: so a run shows the workload was built once per
-actor and how much of a Flower round is the clients' own work.
+actor and how much of a Flower round is the clients' own work. The driver's CPU seconds per
+round (this process: the ServerApp, Flower's simulation engine, Ray's task submission) show
+what the message path costs on the server side.
 """
 
 from __future__ import annotations
@@ -94,12 +96,14 @@ def run(workload: str, rounds: int, device: str) -> dict:
     t = sim.config.train
     num_clients, cohort = sim.config.data.num_clients, len(sim.sample_clients(1))
     ticks: list[float] = []
+    driver_cpu: list[float] = []  # this process's CPU seconds (all threads) at each evaluation
     scores = {"accuracy": 0.0, "peak_mb": 0.0}
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         sim.model.load_state_dict(arrays.to_torch_state_dict())
         scores["accuracy"] = accuracy(sim.model, sim.x_test, sim.y_test)
         ticks.append(time.perf_counter())
+        driver_cpu.append(time.process_time())
         if server_round == rounds:
             scores["peak_mb"] = peak_rss_mb()  # before the simulation shuts its actors down
         return MetricRecord({"accuracy": scores["accuracy"]})
@@ -145,5 +149,6 @@ def run(workload: str, rounds: int, device: str) -> dict:
             "actors": len(builds),
             "workload_builds": sum(builds.values()),
             "client_train_s": client_train_s,
+            "driver_cpu_s": [b - a for a, b in zip(driver_cpu, driver_cpu[1:])],
         },
     }

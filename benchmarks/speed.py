@@ -26,7 +26,8 @@ own. Measured per run:
   between processes count once per process;
 - final accuracy on the test set;
 - for Flower, from its replies: train messages, actors, workload builds (one per actor) and the
-  seconds its clients spent in their own work, summed per round.
+  seconds its clients spent in their own work, summed per round; and its driver's CPU seconds
+  per round.
 
 The arithmetic floor of a workload is the FLOPs of one round's local training divided by the
 machine's measured float32 matmul rate (2048 x 2048 `torch.mm`, the runners' threads). FLOPs count
@@ -286,13 +287,20 @@ def flower_notes(runners: dict) -> list[str]:
         return []
     f = run["flower"]
     train_s = statistics.median(f["client_train_s"][1:] or f["client_train_s"])
-    return [
+    notes = [
         f"flower: {f['messages']} train messages on {f['actors']} actors, the workload built "
         f"{f['workload_builds']} times; its clients' own work (load_state_dict, local SGD, state_dict) "
         f"took {train_s:.4f} s of a {run['steady_s']:.4f} s round, summed over the actors "
         f"({train_s / run['cohort'] * 1e3:.2f} ms per client, {run['steady_s'] / run['cohort'] * 1e3:.2f} ms "
         "of round per client)."
     ]
+    if f.get("driver_cpu_s"):
+        cpu_s = statistics.median(f["driver_cpu_s"][1:] or f["driver_cpu_s"])
+        notes.append(
+            f"flower: its driver process (ServerApp, simulation engine, Ray submission) used {cpu_s:.4f} "
+            f"CPU s a round ({cpu_s / run['cohort'] * 1e3:.2f} ms per client)."
+        )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,4 +52,5 @@ def test_flower_baseline_builds_the_workload_once_per_actor_not_per_message(tmp_
     assert flower["workload_builds"] == flower["actors"]  # once per actor, not once per message
     assert len(flower["client_train_s"]) == speed.QUICK_ROUNDS
     assert all(seconds > 0 for seconds in flower["client_train_s"])
+    assert len(flower["driver_cpu_s"]) == speed.QUICK_ROUNDS
     assert "the workload built" in (tmp_path / "speed.md").read_text()
