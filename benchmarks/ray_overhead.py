@@ -22,8 +22,9 @@ pool do the same arithmetic in one process each. Medians over rounds 2.. (round 
 - Ray overhead per client-round = (Ray run_round - serial run_round) / clients, one worker: the
   plan's put, scheduling, each worker's partial sum shipped back, deserialization, the merge.
 
-Flower 1.42 measured 8-11 ms of overhead per client-round on a 2-core machine with an echo client
-(specs/flower_and_peers.md). Results go to `benchmarks/results/ray_overhead.json` and `.md`.
+Flower's cost per client-round on the same kind of workload is in the speed benchmark's results
+(`benchmarks/results/speed.md`, the `flower` runner's notes). Results go to
+`benchmarks/results/ray_overhead.json` and `.md`, with the machine's CPU model and load average.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import os
 import statistics
 import time
 from pathlib import Path
+
+from benchmarks.workloads import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOAD = (
@@ -95,7 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     runs = [paired_rounds(args.clients, args.rounds, workers, args.address) for workers in (1, 2)]
     one = runs[0]
     results = {
-        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0], "torch": torch.__version__},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "load_average": os.getloadavg()[0],
+            "torch": torch.__version__,
+        },
         "clients": args.clients,
         "rounds": args.rounds,
         "runs": runs,
@@ -113,7 +121,8 @@ def markdown(results: dict) -> str:
     machine = results["machine"]
     lines = [
         f"`python -m benchmarks.ray_overhead --clients {results['clients']} --rounds {results['rounds']}`: "
-        f"digits MLP 64-128-10, one local step per client, all clients every round; {machine['cpus']} CPUs, "
+        f"digits MLP 64-128-10, one local step per client, all clients every round; {machine['cpus']} CPUs "
+        f"({machine.get('cpu_model', 'model not recorded')}), "
         f"load average {machine['load_average']:.1f}, torch {machine['torch']} (1 thread in the driver).",
         "",
         "| Ray workers | pool start-up s | plan ms | serial round ms | Ray round ms | apply ms | clients "

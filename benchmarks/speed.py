@@ -9,9 +9,9 @@ Runners: fedsim's backends (`vectorized`, `serial`, `ray`: one actor per CPU tra
 client, `ray_vectorized`: the same pool with `engine.worker_backend = "vectorized"`), `plain`
 (the reference: a sequential FedAvg loop in plain PyTorch, `load_state_dict` + `torch.optim.SGD`
 per client) and `flower` (Flower's simulation engine: FedAvg ServerApp + ClientApp, one CPU per
-actor, partitions cached per actor, central `evaluate_fn`). All runners train the same clients
-(fedsim's partition indices), from the same initial model, with the same local SGD, and evaluate
-centrally on the same test set after every round.
+actor, the workload built once per actor, central `evaluate_fn`; `benchmarks/flower_baseline.py`).
+All runners train the same clients (fedsim's partition indices), from the same initial model,
+with the same local SGD, and evaluate centrally on the same test set after every round.
 
 Each (workload, runner) runs in a fresh Python process, so its start-up and peak memory are its
 own. Measured per run:
@@ -24,7 +24,10 @@ own. Measured per run:
 - peak memory: the sum of peak RSS (VmHWM) over the process and its live descendants (Ray's
   and Flower's workers), read from /proc after the last round: an upper bound, as pages shared
   between processes count once per process;
-- final accuracy on the test set.
+- final accuracy on the test set;
+- for Flower, from its replies: train messages, actors, workload builds (one per actor) and the
+  seconds its clients spent in their own work, summed per round; and its driver's CPU seconds
+  per round.
 
 The arithmetic floor of a workload is the FLOPs of one round's local training divided by the
 machine's measured float32 matmul rate (2048 x 2048 `torch.mm`, the runners' threads). FLOPs count
@@ -46,190 +49,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 START = time.perf_counter()
-ROOT = Path(__file__).resolve().parents[1]
-FEDSIM_RUNNERS = {  # runner -> its [engine] settings
-    "vectorized": ("engine.backend=vectorized",),
-    "serial": ("engine.backend=serial",),
-    "ray": ("engine.backend=ray",),
-    "ray_vectorized": ("engine.backend=ray", "engine.worker_backend=vectorized"),
-}
+
+from benchmarks.workloads import (  # noqa: E402  (START first: start-up counts from the first line)
+    CIFAR10_SHAPED,
+    FEDSIM_RUNNERS,
+    ROOT,
+    WORKLOADS,
+    Workload,
+    accuracy,
+    build_simulation,
+    cpu_model,
+    local_sgd,
+    peak_rss_mb,
+    write_cifar10_shaped,
+)
+
 RUNNERS = (*FEDSIM_RUNNERS, "plain", "flower")
 QUICK_ROUNDS = 3
 WORKER_TIMEOUT_S = 3600
 
-
-@dataclass(frozen=True)
-class Workload:
-    """An FL task every runner trains: fedsim config settings plus a round count.
-
-    `prepare` (if any) makes the workload's data before its runners start; a workload that is
-    not `default` runs only when named (`--workloads`).
-    """
-
-    description: str
-    rounds: int
-    settings: tuple[str, ...]
-    prepare: Callable[[], None] | None = None
-    default: bool = True
-
-
-CIFAR10_SHAPED = ROOT / "benchmarks" / "data" / "cifar10_shaped"  # git-ignored; made on first use
-CIFAR10_SHAPED_SIZES = {"train": 50_000, "test": 1_000}
-
-
-def write_cifar10_shaped(path: Path = CIFAR10_SHAPED, sizes: dict[str, int] = CIFAR10_SHAPED_SIZES) -> None:
-    """Random uint8 32x32x3 images with 10 labels, saved as a Hugging Face DatasetDict (once).
-
-    The shape of CIFAR-10's training set, for timing only (it trains to chance accuracy). It is
-    read back through fedsim's real loader (`data.dataset = "hf:cifar10"`, `data.path`), as a
-    local copy of CIFAR-10 would be; the test split is small so evaluation stays cheap.
-    """
-    if (path / "dataset_dict.json").exists():
-        return
-    import datasets
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    features = datasets.Features(
-        {"img": datasets.Array3D((32, 32, 3), "uint8"), "label": datasets.ClassLabel(num_classes=10)}
-    )
-    splits = {
-        split: datasets.Dataset.from_dict(
-            {"img": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "label": rng.integers(0, 10, n)},
-            features=features,
-        )
-        for split, n in sizes.items()
-    }
-    datasets.DatasetDict(splits).save_to_disk(str(path))
-
-
-DIGITS_MLP = (
-    "data.dataset=digits",
-    "data.partitioner=dirichlet",
-    "data.alpha=0.5",
-    "model.name=mlp",
-    "model.hidden=[128]",
-    "train.lr=0.05",
-    "train.batch_size=32",
-    "train.local_epochs=2",
-    "train.fraction=1.0",
-    "strategy.name=fedavg",
-)
-WORKLOADS = {
-    "digits10": Workload(
-        "digits, MLP 64-128-10, 10 clients, all per round", 10, (*DIGITS_MLP, "data.num_clients=10")
-    ),
-    "digits100": Workload(
-        "digits, MLP 64-128-10, 100 clients, all per round", 20, (*DIGITS_MLP, "data.num_clients=100")
-    ),
-    "digits1000": Workload(
-        "digits, MLP 64-128-10, 1000 clients (1-3 samples each), all per round",
-        5,
-        (*DIGITS_MLP, "data.num_clients=1000", "data.min_partition_size=1"),
-    ),
-    "mnist1d_cnn": Workload(
-        "mnist1d, CNN (32, 64 channels), 100 clients, 10 per round, 5 local epochs",
-        10,
-        (
-            "data.dataset=mnist1d",
-            "data.partitioner=dirichlet",
-            "data.alpha=0.5",
-            "data.num_clients=100",
-            "model.name=cnn",
-            "model.channels=[32,64]",
-            "train.lr=0.05",
-            "train.batch_size=32",
-            "train.local_epochs=5",
-            "train.fraction=0.1",
-            "strategy.name=fedavg",
-        ),
-    ),
-    "cifar10_pfl": Workload(
-        "pfl-research CIFAR-10 shape: 1000 clients x 50 CIFAR-10-shaped random images, 50 per round, "
-        "batch 10, 1 local epoch, CNN (32, 64 channels)",
-        10,
-        (
-            "data.dataset=hf:cifar10",
-            f"data.path={CIFAR10_SHAPED}",
-            "data.partitioner=iid",
-            "data.num_clients=1000",
-            "model.name=cnn",
-            "model.channels=[32,64]",
-            "train.lr=0.05",
-            "train.batch_size=10",
-            "train.local_epochs=1",
-            "train.fraction=0.05",
-            "strategy.name=fedavg",
-        ),
-        prepare=write_cifar10_shaped,
-        default=False,  # a GPU workload: `--workloads cifar10_pfl --device cuda`
-    ),
-}
-
-
-# --------------------------------------------------------------------------- shared pieces
-
-
-def build_simulation(workload: Workload, rounds: int, device: str, runner: str = "serial", callbacks=()):
-    """The fedsim Simulation of a workload: every runner takes its data, partition and model from it."""
-    from fedsim.config import load_config
-    from fedsim.engine import Simulation
-
-    settings = [
-        *workload.settings,
-        f"train.rounds={rounds}",
-        f"engine.device={device}",
-        *FEDSIM_RUNNERS[runner],
-    ]
-    return Simulation(load_config(None, settings), list(callbacks))
-
-
-def peak_rss_mb() -> float:
-    """Sum of VmHWM (peak RSS) over this process and its live descendants, in MiB."""
-    parents: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total_kb, todo = 0, [os.getpid()]
-    while todo:
-        pid = todo.pop()
-        todo.extend(parents.get(pid, []))
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        total_kb += next(
-            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0
-        )
-    return total_kb / 1024
-
-
-def local_sgd(model, x, y, *, epochs: int, batch_size: int, lr: float, generator=None) -> None:
-    """Plain local training: `epochs` shuffled passes of SGD on cross-entropy."""
-    import torch
-    import torch.nn.functional as F
-
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=generator).split(batch_size):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            optimizer.step()
-
-
-def accuracy(model, x, y) -> float:
-    import torch
-
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
+__all__ = ["CIFAR10_SHAPED", "WORKLOADS", "Workload", "main", "write_cifar10_shaped"]
 
 
 # --------------------------------------------------------------------------- runners (in a worker process)
@@ -292,89 +134,12 @@ def run_plain(workload: Workload, rounds: int, device: str) -> dict:
     return result(ticks, final_accuracy, peak_rss_mb(), cohort)
 
 
-_ACTOR_DATA: dict = {}  # a Flower actor's copy of the workload: (model, client data)
+def run_flower(workload_name: str, rounds: int, device: str) -> dict:
+    """Flower 1.42's simulation engine; its ClientApp lives in `benchmarks.flower_baseline`."""
+    from benchmarks import flower_baseline
 
-
-def actor_data(workload: Workload, rounds: int, device: str):
-    """The workload's model and client data, built once per Flower actor process."""
-    if not _ACTOR_DATA:
-        import torch
-
-        torch.set_num_threads(1)  # one CPU per actor (client_resources num_cpus = 1)
-        sim = build_simulation(workload, rounds, device)
-        _ACTOR_DATA["data"] = (
-            sim.model,
-            [(x.to(sim.device), y.to(sim.device)) for x, y in sim.task.client_data],
-        )
-    return _ACTOR_DATA["data"]
-
-
-def run_flower(workload: Workload, rounds: int, device: str) -> dict:
-    """Flower 1.42's simulation engine (`run_simulation`), FedAvg with a central evaluate_fn."""
-    import logging
-
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-    from flwr.simulation import run_simulation
-
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    sim = build_simulation(workload, rounds, device)
-    t = sim.config.train
-    num_clients, cohort = sim.config.data.num_clients, len(sim.sample_clients(1))
-    client_app = ClientApp()
-
-    @client_app.train()
-    def train(msg: Message, context: Context) -> Message:
-        model, data = actor_data(workload, rounds, device)
-        x, y = data[context.node_config["partition-id"]]
-        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        local_sgd(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=msg.content["config"]["lr"])
-        reply = {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(y)})}
-        return Message(RecordDict(reply), reply_to=msg)
-
-    ticks: list[float] = []
-    scores = {"accuracy": 0.0, "peak_mb": 0.0}
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        sim.model.load_state_dict(arrays.to_torch_state_dict())
-        scores["accuracy"] = accuracy(sim.model, sim.x_test, sim.y_test)
-        ticks.append(time.perf_counter())
-        if server_round == rounds:
-            scores["peak_mb"] = peak_rss_mb()  # before the simulation shuts its actors down
-        return MetricRecord({"accuracy": scores["accuracy"]})
-
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(
-            fraction_train=t.fraction,
-            fraction_evaluate=0.0,
-            min_train_nodes=cohort,
-            min_available_nodes=num_clients,
-        )
-        strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(sim.model.state_dict()),
-            num_rounds=rounds,
-            train_config=ConfigRecord({"lr": t.lr}),
-            evaluate_fn=evaluate,
-        )
-
-    resources = {"num_cpus": 1, "num_gpus": 0.25 if sim.device.type == "cuda" else 0.0}
-    backend_config = {
-        "client_resources": resources,
-        "init_args": {"logging_level": "ERROR", "log_to_driver": False},
-    }
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=num_clients,
-        backend_config=backend_config,
-    )
-    return result(ticks, scores["accuracy"], scores["peak_mb"], cohort)
+    run = flower_baseline.run(workload_name, rounds, device)
+    return {**result(run.pop("ticks"), run.pop("accuracy"), run.pop("peak_mb"), run.pop("cohort")), **run}
 
 
 def result(ticks: list[float], final_accuracy: float, peak_mb: float, cohort: int) -> dict:
@@ -392,7 +157,7 @@ def worker(runner: str, workload: str, rounds: int, device: str) -> dict:
     if runner == "plain":
         return run_plain(WORKLOADS[workload], rounds, device)
     if runner == "flower":
-        return run_flower(WORKLOADS[workload], rounds, device)
+        return run_flower(workload, rounds, device)
     return run_fedsim(WORKLOADS[workload], rounds, device, runner)
 
 
@@ -470,8 +235,15 @@ def markdown(results: dict) -> str:
     machine = results["machine"]
     lines = [
         (
-            f"Machine: {machine['cpus']} CPUs, torch {machine['torch']} ({machine['threads']} threads), "
-            f"matmul {machine['matmul_gflops']:.0f} GFLOP/s, device {machine['device']}."
+            f"Machine: {machine['cpus']} CPUs ({machine.get('cpu_model', 'model not recorded')}), "
+            f"torch {machine['torch']} ({machine['threads']} threads), "
+            f"matmul {machine['matmul_gflops']:.0f} GFLOP/s, device {machine['device']}"
+            + (
+                f", load average {machine['load_average_start']:.1f} at the start and "
+                f"{machine['load_average_end']:.1f} at the end."
+                if "load_average_end" in machine
+                else "."
+            )
         ),
         "",
     ]
@@ -492,7 +264,7 @@ def markdown(results: dict) -> str:
                 f"| {runner} | {r['steady_s']:.4f} | {r['startup_s']:.1f} | {r['clients_per_s']:.0f} | "
                 f"{r['peak_rss_mb']:.0f} | {r['final_accuracy']:.3f} | {r['steady_s'] / w['floor_s']:.0f} |"
             )
-        lines += ["", *speedups(w["runners"]), ""]
+        lines += ["", *speedups(w["runners"]), *flower_notes(w["runners"]), ""]
     return "\n".join(lines)
 
 
@@ -506,6 +278,29 @@ def speedups(runners: dict) -> list[str]:
         for name, r in runners.items()
         if name != "vectorized" and "error" not in r
     ]
+
+
+def flower_notes(runners: dict) -> list[str]:
+    """What the Flower run's replies say: workload builds per actor, and the clients' share of a round."""
+    run = runners.get("flower", {})
+    if "flower" not in run:
+        return []
+    f = run["flower"]
+    train_s = statistics.median(f["client_train_s"][1:] or f["client_train_s"])
+    notes = [
+        f"flower: {f['messages']} train messages on {f['actors']} actors, the workload built "
+        f"{f['workload_builds']} times; its clients' own work (load_state_dict, local SGD, state_dict) "
+        f"took {train_s:.4f} s of a {run['steady_s']:.4f} s round, summed over the actors "
+        f"({train_s / run['cohort'] * 1e3:.2f} ms per client, {run['steady_s'] / run['cohort'] * 1e3:.2f} ms "
+        "of round per client)."
+    ]
+    if f.get("driver_cpu_s"):
+        cpu_s = statistics.median(f["driver_cpu_s"][1:] or f["driver_cpu_s"])
+        notes.append(
+            f"flower: its driver process (ServerApp, simulation engine, Ray submission) used {cpu_s:.4f} "
+            f"CPU s a round ({cpu_s / run['cohort'] * 1e3:.2f} ms per client)."
+        )
+    return notes
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -547,6 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     results = {
         "machine": {
             "cpus": os.cpu_count(),
+            "cpu_model": cpu_model(),
+            "load_average_start": os.getloadavg()[0],
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "matmul_gflops": gflops,
@@ -572,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
             run = run_worker(runner, name, rounds, args.device, args.threads)
             entry["runners"][runner] = run if "error" in run else summarize(run)
         results["workloads"][name] = entry
+        results["machine"]["load_average_end"] = os.getloadavg()[0]
         write(results, args.out)  # after every workload, so a long run keeps what it measured
     print(markdown(results))
 

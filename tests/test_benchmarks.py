@@ -1,8 +1,9 @@
-"""The speed benchmark's quick mode runs fedsim's runners and the plain loop and writes its table."""
+"""The speed benchmark: its table, its CIFAR-10-shaped data, its Flower runner building once per actor."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import torch
 
@@ -37,3 +38,19 @@ def test_cifar10_shaped_data_loads_through_the_hub_loader_as_a_cifar10_copy_woul
     assert 0 <= float(x.min()) <= float(x.max()) <= 1 and 0 <= int(y.min()) <= int(y.max()) < 10
     assert len(sim.y_test) == 8
     assert not speed.WORKLOADS["cifar10_pfl"].default  # a GPU workload, run only when named
+
+
+def test_flower_baseline_builds_the_workload_once_per_actor_not_per_message(tmp_path):
+    # The ClientApp lives in an importable module, so each Ray actor keeps its copy of the data and
+    # the model: 30 train messages (10 clients x 3 rounds) on two actors build the workload twice.
+    speed.main(["--quick", "--workloads", "digits10", "--runners", "flower", "--out", str(tmp_path)])
+    run = json.loads((tmp_path / "speed.json").read_text())["workloads"]["digits10"]["runners"]["flower"]
+    assert "error" not in run, run
+    flower = run["flower"]
+    assert flower["messages"] == 10 * speed.QUICK_ROUNDS
+    assert 1 <= flower["actors"] <= os.cpu_count()
+    assert flower["workload_builds"] == flower["actors"]  # once per actor, not once per message
+    assert len(flower["client_train_s"]) == speed.QUICK_ROUNDS
+    assert all(seconds > 0 for seconds in flower["client_train_s"])
+    assert len(flower["driver_cpu_s"]) == speed.QUICK_ROUNDS
+    assert "the workload built" in (tmp_path / "speed.md").read_text()

@@ -9,7 +9,8 @@ built-ins below register the same way.
 
 Shard and pathological splits are Flower Datasets' partitioners, so a Flower user gets the same
 split with the same seed. Dirichlet is fedsim's own ``Partitioner`` subclass, because Flower's
-gives up or leaves clients empty at small alpha (specs/partitioning.md). IID, quantity skew and
+``DirichletPartitioner`` redraws the whole split until every client has ``min_partition_size``
+samples, and at small alpha gives up after its retry limit. IID, quantity skew and
 natural splits are a few lines of numpy: Flower's IID and size partitioners cut contiguous,
 unshuffled blocks (no seed), and its natural-id partitioner loops in Python behind a progress bar.
 """
