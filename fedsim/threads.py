@@ -1,13 +1,15 @@
 """How many torch threads a run uses: `engine.threads`, or 0 for the automatic choice.
 
 torch's default is one thread per core. For the small models of most simulations that buys
-nothing alone and collapses when another process shares the cores: OpenMP threads spin
-waiting for each other on cores the other process needs. On 2 cores the quickstart at 100
-clients ran a round in 0.096 s alone with two threads and in 5.2 s (54x slower) beside a
-second such run, while with one thread each both ran at 0.09 s
-(`benchmarks/results/concurrent_runs_serial.md`). So `auto` uses one thread when a local step is
-small (`AUTO_ONE_THREAD_MAX_STEP_FLOPS`) and every available thread otherwise; a sweep's share
-of the cores caps it (fedsim.sweep sets the thread count of each worker).
+little alone and collapses when another process shares the cores: OpenMP threads spin waiting
+for each other on cores the other process needs. On 2 cores, the quickstart at 100 clients with
+two threads ran a round 6.5x slower (serial backend) and 18.8x slower (vectorized) beside a
+second such run than alone; with one thread each, two runs were as fast as one
+(`benchmarks/results/concurrent_runs_serial.md`, `concurrent_runs_vectorized.md`). So `auto`
+uses one thread when a local step is small (`AUTO_ONE_THREAD_MAX_STEP_FLOPS`) and every
+available thread otherwise; a sweep's share of the cores caps it (fedsim.sweep sets the thread
+count of each worker). A vectorized run alone on an idle machine is about 1.3x faster with
+`engine.threads` = the cores, at the risk above.
 """
 
 from __future__ import annotations
