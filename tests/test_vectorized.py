@@ -192,3 +192,21 @@ def test_max_clients_per_batch_must_not_be_negative():
 
 def test_freed_memory_is_kept_for_reuse_where_malloc_is_glibcs():
     assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+@pytest.mark.parametrize(
+    "table, shape",
+    [({"name": "mlp", "hidden": [64, 32]}, (8, 8)), ({"name": "cnn"}, (1, 40)), ({"name": "cnn"}, (3, 16, 16)),
+     ({"name": "resnet18_gn"}, (3, 32, 32))],
+    ids=["mlp", "cnn1d", "cnn2d", "resnet18"],
+)
+def test_forward_flops_counts_what_torchs_flop_counter_counts(table, shape):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedsim.backends.vectorized import forward_flops
+    from fedsim.models import build_model
+
+    model, x = build_model(table, shape, 10, seed=0), torch.zeros(2, *shape)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    assert forward_flops(model, x) == counter.get_total_flops()
