@@ -75,11 +75,8 @@ def _run(
     tensorboard: bool,
     force: bool,
 ) -> None:
-    from fedsim.checkpoint import checkpoint_round, prepare_run
-    from fedsim.cli.display import RunHeader, RunProgress
-    from fedsim.config import load_config
+    from fedsim.config import load_config  # light: a config error shows before torch is imported
     from fedsim.errors import ConfigError, PluginFailed
-    from fedsim.results import claim_run_folder
 
     if resume is not None:
         if config_path is not None or overrides or out_dir is not None or force:
@@ -98,6 +95,11 @@ def _run(
     else:
         config = load_config(config_path, overrides)
         path = out_dir or default_out_dir(config.name)
+    from fedsim.checkpoint import checkpoint_round, prepare_run
+    from fedsim.cli.display import RunHeader, RunProgress
+    from fedsim.results import claim_run_folder
+
+    if resume is None:
         claim_run_folder(path, overwrite=force)
     callbacks = [RunHeader(err, resumed=resume is not None)] + ([] if quiet else [RunProgress(err)])
     if tensorboard:
@@ -157,10 +159,8 @@ def _sweep(
     out_dir: Optional[Path],
     jobs: Optional[int],
 ) -> None:
-    from fedsim.cli.display import SweepProgress
-    from fedsim.config import load_config
+    from fedsim.config import load_config  # light: a config error shows before torch is imported
     from fedsim.errors import ConfigError
-    from fedsim.sweep import available_cores, run_sweep
 
     base = load_config(config_path, overrides)
     if seeds is not None and seed_list is not None:
@@ -175,6 +175,9 @@ def _sweep(
     else:
         seed_values = list(range(seeds)) if seeds is not None else [base.seed]
     out_path = out_dir or Path("sweeps") / base.name
+    from fedsim.cli.display import SweepProgress
+    from fedsim.sweep import available_cores, run_sweep
+
     jobs = jobs if jobs is not None else available_cores()
     with SweepProgress(err) as progress:
         result = run_sweep(config_path, grid, seed_values, overrides, out_path, jobs, progress)
