@@ -288,7 +288,7 @@ def test_local_instance_is_shut_down_after_ctrl_c(tmp_path):
     finished rounds on disk, and every process the run started (Ray's and the workers) gone."""
     out = tmp_path / "run"
     cli_args = ["run", str(QUICKSTART), "--quiet", "--out", str(out), "--set", "engine.device=cpu",
-                "--set", "engine.backend=ray", "--set", "engine.workers=2", "--set", "train.rounds=1000"]
+                "--set", "engine.backend=ray", "--set", "engine.workers=2", "--set", "train.rounds=100000"]
     # As a terminal's foreground job has it: Ctrl-C raises KeyboardInterrupt, even when this test
     # process runs as a background job (whose children inherit SIGINT ignored).
     launcher = (
