@@ -163,37 +163,31 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
     use, which every run would pay at start-up; linear and convolution layers are where the
     FLOPs of the models this rule judges are (tests pin the two counts equal on the built-ins).
     """
-    total = 0
 
-    def count(module: nn.Module, args, out: torch.Tensor) -> None:
-        nonlocal total
+    def flops(module: nn.Module, out: torch.Tensor) -> int:
         if isinstance(module, nn.Linear):
-            total += 2 * module.in_features * out.numel()
-        else:
-            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
-            total += 2 * per_output * out.numel()
+            return 2 * module.in_features * out.numel()
+        return 2 * module.in_channels // module.groups * math.prod(module.kernel_size) * out.numel()
 
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    hooks = [m.register_forward_hook(count) for m in layers]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total
+    return _sum_over_outputs(model, x, layers, flops)
 
 
 def activation_numel(model: nn.Module, x: torch.Tensor) -> int:
     """Elements of every leaf layer's output in one forward pass on `x`."""
+    leaves = [m for m in model.modules() if not any(m.children())]
+    return _sum_over_outputs(model, x, leaves, lambda module, out: out.numel())
+
+
+def _sum_over_outputs(model: nn.Module, x: torch.Tensor, layers: list[nn.Module], measure) -> int:
+    """The sum of `measure(layer, output)` over `layers` in one no-grad forward pass on `x`."""
     total = 0
 
-    def count(module, args, out):
+    def add(module: nn.Module, args, out: torch.Tensor) -> None:
         nonlocal total
-        total += out.numel()
+        total += measure(module, out)
 
-    leaves = [m for m in model.modules() if not any(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
+    hooks = [m.register_forward_hook(add) for m in layers]
     try:
         with torch.no_grad():
             model(x)
