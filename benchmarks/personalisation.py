@@ -3,9 +3,9 @@
     python -m benchmarks.personalisation                    # digits and mnist1d, alpha 0.1 and 0.5, 3 seeds
     python -m benchmarks.personalisation --seeds 1 --datasets digits   # a quick look
 
-Runs `experiments/personalisation.toml` as four sweeps per dataset (resumable: rerun to finish):
-FedPer and Ditto (their personal models), and FedAvg with `eval.finetune_steps=5` (its global
-model and the global model fine-tuned per client). Every model is scored on each client's local
+Runs `experiments/personalisation.toml` as three sweeps per dataset (resumable: rerun to finish):
+FedPer, FedRep and Ditto (their personal models), FedBN on the CNN with BatchNorm, and FedAvg
+with `eval.finetune_steps=5` (its global model and the global model fine-tuned per client). Every model is scored on each client's local
 test data (a stratified 20% of its partition). The table gives, per dataset and alpha, mean ±
 std over seeds of the central test accuracy of the global model and of the mean and 10th
 percentile of accuracy over clients. Written to `benchmarks/results/personalisation.md`/`.json`.
@@ -65,8 +65,11 @@ def main() -> None:
     rows = []
     for dataset in args.datasets:
         personal, finetune = args.work / f"{dataset}-personal", args.work / f"{dataset}-finetune"
-        sweep(personal, dataset, args, "--grid", "trainer.name=fedper,ditto")
+        fedbn = args.work / f"{dataset}-fedbn"
+        sweep(personal, dataset, args, "--grid", "trainer.name=fedper,fedrep,ditto")
         sweep(finetune, dataset, args, "--set", "eval.finetune_steps=5")
+        sweep(fedbn, dataset, args, "--set", "trainer.name=fedbn", "--set", "model.name=cnn",
+              "--set", "model.cnn.norm=batch")
         methods: dict[tuple[float, str], list[dict]] = {}
         for values, s in cells(finetune):
             a = values["data.alpha"]
@@ -74,8 +77,9 @@ def main() -> None:
                 {"test": s["final_accuracy"], **s["final_client_accuracy"]})
             methods.setdefault((a, "FedAvg + fine-tuning (5 steps)"), []).append(
                 {"test": s["final_accuracy"], **s["final_personal_accuracy"]})
-        for values, s in cells(personal):
-            name = {"fedper": "FedPer (personal)", "ditto": "Ditto (personal, lam 0.1)"}[values["trainer.name"]]
+        for values, s in [*cells(personal), *(({**v, "trainer.name": "fedbn"}, s) for v, s in cells(fedbn))]:
+            name = {"fedper": "FedPer (personal)", "fedrep": "FedRep (personal)", "ditto": "Ditto (personal, lam 0.1)",
+                    "fedbn": "FedBN (personal, BatchNorm CNN)"}[values["trainer.name"]]
             methods.setdefault((values["data.alpha"], name), []).append(
                 {"test": s["final_accuracy"], **s["final_personal_accuracy"]})
         for (alpha, method), runs in sorted(methods.items(), key=lambda kv: kv[0][0]):
@@ -89,7 +93,7 @@ def main() -> None:
         f"`python -m benchmarks.personalisation --seeds {args.seeds}` ({CONFIG.relative_to(ROOT)}: 20 clients, "
         "half per round, 30 rounds of 2 local epochs; each client's local test data is a stratified 20% of "
         "its partition). Mean ± std over seeds. `central test`: the global model on the central test set "
-        "(FedPer's global model keeps its initial head). `local mean` / `local p10` / `worst`: accuracy of "
+        "(FedPer's and FedRep's global models keep their initial head, FedBN's its initial BatchNorm layers). `local mean` / `local p10` / `worst`: accuracy of "
         "the model each client uses, on its own local test data, averaged over clients / 10th percentile / "
         "worst client.",
         "",

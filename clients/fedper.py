@@ -27,15 +27,14 @@ def head_names(model: nn.Module, layers: int) -> list[str]:
     """Names of the parameters of the model's last `layers` parameterised modules (its head)."""
     owners: list[str] = []
     for name, _ in model.named_parameters():
-        owner = name.rsplit(".", 1)[0] if "." in name else ""
-        if not owners or owners[-1] != owner:
-            owners.append(owner)
+        if not owners or owners[-1] != tree.module_of(name):
+            owners.append(tree.module_of(name))
     if layers >= len(owners):
         raise ConfigError(
             f"trainer.head_layers={layers} leaves no shared body: the model has {len(owners)} parameterised layers"
         )
     private = set(owners[-layers:])
-    return [name for name, _ in model.named_parameters() if (name.rsplit(".", 1)[0] if "." in name else "") in private]
+    return [name for name, _ in model.named_parameters() if tree.module_of(name) in private]
 
 
 @dataclass

@@ -98,6 +98,7 @@ class Simulation:
         self.dataset, self.partition = federation.dataset, federation.partition
         self.train_labels, self.hidden_labels = federation.train_labels, federation.hidden_labels
         self.model, self.params = federation.model, federation.params
+        self.statistics = federation.statistics  # the global model's BatchNorm statistics: the initial ones
         self.x_test, self.y_test = (t.to(self.device) for t in self.dataset.tensors("test"))
         self.validation = federation.validation and tuple(t.to(self.device) for t in federation.validation)
         self.client_test_sets = self.federated_evaluation_sets(federation.client_test)
@@ -187,9 +188,13 @@ class Simulation:
         losses = np.array([r.loss for r in output.reports])
         return float((weights * losses).sum() / weights.sum())
 
+    def global_model(self) -> Params:
+        """The global model's params as evaluation uses them: with its BatchNorm statistics, if any."""
+        return {**self.params, **self.statistics}
+
     def evaluate(self) -> tuple[float, float]:
         """Central test loss and accuracy of the global model."""
-        return score(self.model, self.params, (self.x_test, self.y_test), self.config.train.eval_batch_size)
+        return score(self.model, self.global_model(), (self.x_test, self.y_test), self.config.train.eval_batch_size)
 
     def federated_evaluation_sets(self, client_test: list[tuple[torch.Tensor, torch.Tensor]]) -> ClientTestSets | None:
         """The local test data federated evaluation scores: every client's, or a fixed seeded sample
@@ -207,9 +212,9 @@ class Simulation:
         metrics: dict[str, float] = {}
         batch = self.config.train.eval_batch_size
         if self.validation:
-            metrics["val_loss"], metrics["val_accuracy"] = score(self.model, self.params, self.validation, batch)
+            metrics["val_loss"], metrics["val_accuracy"] = score(self.model, self.global_model(), self.validation, batch)
         if self.client_test_sets:
-            self.client_scores = self.client_test_sets.score(self.model, self.params, batch)
+            self.client_scores = self.client_test_sets.score(self.model, self.global_model(), batch)
             metrics.update(self.client_scores.distribution())
         if self.personal:
             self.personal_scores = self.client_test_sets.score_each(self.model, self.personal_models(), batch)

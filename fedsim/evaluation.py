@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from fedsim import tree
 from fedsim.gradients import autograd_grad_fn
+from fedsim.normalisation import evaluating
 from fedsim.schedule import client_batches
 from fedsim.tree import Params
 
@@ -31,13 +32,15 @@ PERSONAL_COLUMNS = [f"personal_accuracy_{s}" for s in STATISTICS]  # each client
 def per_sample(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[
     torch.Tensor, torch.Tensor
 ]:
-    """Each sample's cross-entropy loss and whether it was classified right."""
+    """Each sample's cross-entropy loss and whether it was classified right (in eval mode: BatchNorm
+    uses the statistics in `params`)."""
     losses, correct = [], []
-    for start in range(0, len(y), batch):
-        logits = functional_call(model, params, (x[start : start + batch],))
-        target = y[start : start + batch]
-        losses.append(F.cross_entropy(logits, target, reduction="none"))
-        correct.append(logits.argmax(1) == target)
+    with evaluating(model):
+        for start in range(0, len(y), batch):
+            logits = functional_call(model, params, (x[start : start + batch],))
+            target = y[start : start + batch]
+            losses.append(F.cross_entropy(logits, target, reduction="none"))
+            correct.append(logits.argmax(1) == target)
     if not losses:
         return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     return torch.cat(losses), torch.cat(correct)

@@ -20,6 +20,7 @@ from fedsim.data.holdout import split_client_test, split_validation
 from fedsim.data.labels import split_labels
 from fedsim.errors import ConfigError
 from fedsim.models import build_model
+from fedsim.normalisation import batch_norms, untrack_statistics
 from fedsim.plugins import build_strategy, build_trainer
 from fedsim.schedule import LocalSchedule
 from fedsim.strategy import Strategy
@@ -38,6 +39,7 @@ class Federation:
     partition: Partition
     model: nn.Module  # the network clients train, on the run's device
     params: Params  # the initial global params (what the trainer shares)
+    statistics: Params  # the initial BatchNorm running statistics ({} without BatchNorm), fedsim.normalisation
     task: Task
     train_labels: np.ndarray  # every training sample's label, for heterogeneity statistics
     hidden_labels: list[torch.Tensor]  # per client the true labels of its unlabelled samples
@@ -75,6 +77,14 @@ def build_federation(config: Config) -> Federation:
     backbone = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed)
     model = trainer.build_model(backbone, dataset.input_shape, dataset.num_classes, config.seed).to(device)
     params = trainer.prepare(model, tree.clone(dict(model.named_parameters())))
+    statistics = untrack_statistics(model)
+    if statistics and not trainer.keeps_statistics:
+        layers = ", ".join(f"'{name}'" for name in list(batch_norms(model))[:3])
+        raise ConfigError(
+            f"model '{config.model['name']}' has BatchNorm layers ({layers}), whose running statistics trainer "
+            f"'{trainer.name}' does not keep; use trainer.name='fedbn' (statistics per client) or a model "
+            "without BatchNorm (e.g. GroupNorm)"
+        )
     t = config.train
     task = Task(
         config.seed,
@@ -88,6 +98,6 @@ def build_federation(config: Config) -> Federation:
         track_memory=config.engine.track_memory,
     )
     return Federation(
-        strategy, trainer, dataset, partition, model, params, task, y_train.numpy(), hidden_labels,
+        strategy, trainer, dataset, partition, model, params, statistics, task, y_train.numpy(), hidden_labels,
         validation, client_test,
     )

@@ -42,7 +42,7 @@ class ClientJob:
     work: float = 1.0  # share of its local steps it completes
 
     def context(self) -> LocalContext:
-        return LocalContext(self.global_params, self.broadcast, self.strategy_state, self.lr)
+        return LocalContext(self.global_params, self.broadcast, self.strategy_state, self.lr, len(self.batches))
 
 
 @dataclass

@@ -6,9 +6,9 @@ Register it in the `fedsim.models` entry-point group, or name it as `model.name 
 "package.module:Class"` / `"path/to/file.py:Class"`; the built-ins below register the same way.
 `build_model` seeds torch's generator around `build`, so the same seed gives the same weights.
 
-All built-in models are free of running-statistics buffers (GroupNorm, not BatchNorm), so a
-model's state is exactly its parameters and every backend, including `torch.func.vmap`, can
-train it.
+Built-in models normalise with GroupNorm, so a model's state is exactly its parameters; the
+CNN's `norm = "batch"` adds BatchNorm, whose running statistics a trainer keeps per client
+(FedBN, `fedsim.normalisation`).
 """
 
 from __future__ import annotations
@@ -60,27 +60,29 @@ class MLP(Model):
 class CNN(Model):
     """Small CNN, 1-D for sequences (C, L) and 2-D for images (C, H, W) (model.channels).
 
-    Conv-ReLU-(pool) stacks, then global average pooling and a linear head.
+    Conv-(BatchNorm)-ReLU-(pool) stacks, then global average pooling and a linear head;
+    `norm = "batch"` puts a BatchNorm after each convolution (the network of FedBN).
     """
 
     name: ClassVar[str] = "cnn"
 
     channels: list[int] = option([32, 64], gt=0)
+    norm: str = option("none", choices=("none", "batch"))
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         if len(input_shape) not in (2, 3):
             raise ConfigError(
                 f"model 'cnn' needs inputs shaped (C, L) or (C, H, W), got {input_shape}; use model.name=mlp"
             )
-        conv, pool, gap = (
-            (nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d)
+        conv, norm, pool, gap = (
+            (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d)
             if len(input_shape) == 2
-            else (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+            else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
         )
         layers: list[nn.Module] = []
         width, size = input_shape[0], min(input_shape[1:])
         for out in self.channels:
-            layers += [conv(width, out, kernel_size=3, padding=1), nn.ReLU()]
+            layers += [conv(width, out, kernel_size=3, padding=1), *([norm(out)] if self.norm == "batch" else []), nn.ReLU()]
             if size >= 4:
                 layers.append(pool(2))
                 size //= 2

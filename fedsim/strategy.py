@@ -13,7 +13,7 @@ One round, as the engine runs it::
 
     broadcast = strategy.broadcast(server_state)            # extras sent with the params
     for each sampled client (on some backend):
-        ctx   = LocalContext(global_params, broadcast, client_state, lr)
+        ctx   = LocalContext(global_params, broadcast, client_state, lr, num_steps)
         carry = strategy.client_begin(ctx)
         for each local batch:
             loss, direction, carry = strategy.local_step(params, batch, grad_fn, carry, ctx)
@@ -50,6 +50,7 @@ class LocalContext:
     broadcast: State
     client_state: State
     lr: float
+    num_steps: int | torch.Tensor  # its scheduled local steps this round (a 0-d tensor under vmap)
 
 
 @dataclass(frozen=True)

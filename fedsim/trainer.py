@@ -10,7 +10,7 @@ what it keeps on the client between rounds.
 One client's round, as every executor runs it (`local_loop` one client at a time, the
 vectorized backend's vmapped ticks for a chunk of clients at once)::
 
-    ctx    = LocalContext(global_params, broadcast, strategy_state, lr)
+    ctx    = LocalContext(global_params, broadcast, strategy_state, lr, num_steps)
     params = trainer.start_params(global_params, trainer_state)    # e.g. with a private head
     opt    = trainer.begin(global_params, trainer_state, ctx)      # optimiser state of the round
     carry  = strategy.client_begin(ctx)
@@ -94,6 +94,7 @@ class ClientTrainer:
     name: ClassVar[str] = "backprop"
     vectorizes: ClassVar[bool] = True  # its hooks run under vmap (the vectorized backend)
     metric_columns: ClassVar[tuple[str, ...]] = ()  # extra metrics.csv columns (`round_metrics`)
+    keeps_statistics: ClassVar[bool] = False  # keeps BatchNorm running statistics (fedsim.normalisation)
     sgd: ClassVar[SGDSettings] = SGDSettings()  # the engine sets each instance's from [train]
 
     def validate(self) -> None:

@@ -57,6 +57,11 @@ def to(a: Params, device: torch.device | str, dtype: torch.dtype | None = None) 
 # ---- nests: dicts and tuples of trees, e.g. (params, State) of a stacked chunk of clients
 
 
+def module_of(name: str) -> str:
+    """The name of the module a parameter or buffer belongs to ("" for the root): "0.weight" -> "0"."""
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
 def map_tensors(fn: Callable, *trees):
     """`fn` over the tensors of equally shaped nests of dicts and tuples (params, States, tuples of them)."""
     first = trees[0]

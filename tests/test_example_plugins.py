@@ -46,7 +46,7 @@ def test_local_adam_is_torch_adam_whose_moments_persist_across_rounds():
 
     state, ends = local_adam.init_state(starts[0]), []
     for round_, start in enumerate(starts, 1):
-        update = train_one(strategy, grad_fn, (x, y), LocalContext(start, {}, {}, lr), schedule,
+        update = train_one(strategy, grad_fn, (x, y), LocalContext(start, {}, {}, lr, 0), schedule,
                            round_=round_, trainer=local_adam, trainer_state=state)
         state = update.trainer_state
         ends.append(tree.sub(start, update.upload["delta"]))

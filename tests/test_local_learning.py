@@ -170,7 +170,7 @@ def test_man_ema_resets_from_the_global_model_and_follows_the_layer():
     params = trainer.prepare(model, _params(model))
     sources = trainer.ema_sources
     assert sources and not any(k in params for k in sources)
-    strategy, ctx = FedAvg(), LocalContext(params, {}, {}, lr=0.1)
+    strategy, ctx = FedAvg(), LocalContext(params, {}, {}, lr=0.1, num_steps=1)
     opt = trainer.begin(params, trainer.init_state(params), ctx)
     ema = opt[EMA]
     assert all(torch.equal(ema[e], params[s]) for e, s in sources.items())

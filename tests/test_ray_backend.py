@@ -135,9 +135,11 @@ def test_any_pool_size_matches_serial_bit_for_bit(cluster, config):
         assert_same_run(run(config + on_ray(cluster, workers, cpus)), serial(config, int(cpus)))
 
 
-@pytest.mark.parametrize("trainer", ["fedper", "ditto"])
+@pytest.mark.parametrize("trainer", [("trainer.name=fedper",), ("trainer.name=fedrep",), ("trainer.name=ditto",),
+                                     ("trainer.name=fedbn", 'model={name="cnn", norm="batch", channels=[8, 8]}')],
+                         ids=["fedper", "fedrep", "ditto", "fedbn"])
 def test_personalised_trainers_and_federated_evaluation_match_serial_bit_for_bit(cluster, trainer):
-    config = PARTIAL + (f"trainer.name={trainer}", "data.client_test_fraction=0.25", "data.validation_fraction=0.1")
+    config = PARTIAL + (*trainer, "data.client_test_fraction=0.25", "data.validation_fraction=0.1")
     sim, reference = run(config + on_ray(cluster, "2", "1")), serial(config)
     assert_same_run(sim, reference)
     assert sim.history.records == [{**r, "round_s": s["round_s"], "wall_s": s["wall_s"]}

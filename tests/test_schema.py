@@ -60,7 +60,7 @@ def test_resolved_config_writes_every_default():
     assert config.strategy == {"name": "fedavgm"}
     full = resolved(config)
     assert full.strategy == {"name": "fedavgm", "weighting": "samples", "server_lr": 1.0, "momentum": 0.9}
-    assert full.model == {"name": "cnn", "channels": [32, 64]}
+    assert full.model == {"name": "cnn", "channels": [32, 64], "norm": "none"}
     assert full.trainer["name"] == "backprop"
     assert full.model.name == "cnn" and full.data == config.data
 

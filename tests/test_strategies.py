@@ -54,7 +54,7 @@ def run_round(strategy, params, server_state, clients, *, steps, num_clients=Non
     schedule = LocalSchedule(epochs=1, steps=steps, batch_size=batch_size)
     total, uploads, results = WeightedSum(), [], {}
     for cid, (data, state) in clients.items():
-        ctx = LocalContext(params, broadcast, state, lr)
+        ctx = LocalContext(params, broadcast, state, lr, 0)
         result = train_one(strategy, grad_fn, data, ctx, schedule, client_id=cid, round_=round_)
         total.add(result.upload, strategy.upload_weights(result.num_samples))
         uploads.append(result.upload)
@@ -507,7 +507,7 @@ def test_client_hooks_run_under_vmap_like_one_client_at_a_time(strategy):
     summary = LocalSummary(num_steps=2, num_samples=5, lr=LR)
 
     def client(state, xs, ys):
-        ctx = LocalContext(params, broadcast, state, LR)
+        ctx = LocalContext(params, broadcast, state, LR, len(xs))
         carry, w_ = strategy.client_begin(ctx), params
         for x, y in zip(xs, ys):
             _, direction, carry = strategy.local_step(w_, (x, y), grad_fn, carry, ctx)

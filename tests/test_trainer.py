@@ -97,7 +97,7 @@ def test_the_local_loop_equals_a_hand_written_sgd_loop():
     x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
     schedule = LocalSchedule(epochs=2, steps=0, batch_size=4)
     strategy = Strategy()
-    ctx = LocalContext(params, {}, {}, 0.1)
+    ctx = LocalContext(params, {}, {}, 0.1, 0)
     result = train_one(strategy, autograd_grad_fn(model, strategy.objective), (x, y), ctx, schedule, client_id=3)
 
     ref = nn.Linear(4, 3)

@@ -17,16 +17,17 @@ one vmapped call. It runs trainers with `vectorizes = True`.
   When lengths differ (a short last batch of an epoch, clients smaller than the batch size):
   an objective that is a mean over samples (cross-entropy; `is_sample_mean` probes it once)
   runs on batches padded to the longest, rescaled so that it equals the objective of the real
-  rows (`sample_mean`). Any other objective (FedLD's batch-level margin) runs once per batch
-  length, on exact-size batches of the clients whose batch has that length: exact for every
-  objective, slower when many lengths meet at one tick.
+  rows (`sample_mean`). Any other objective (FedLD's batch-level margin), and any model with
+  BatchNorm (whose batch statistics padding rows would change), runs once per batch length, on
+  exact-size batches of the clients whose batch has that length: exact for every objective,
+  slower when many lengths meet at one tick.
 - **Client end.** One vmapped `client_end` + trainer `end` for the chunk, its `LocalSummary`
   counts being per-client tensors; one that needs Python ints runs per group of equal counts.
 
 Limits: in a padded tick a strategy's `local_step` sees the padded batch (targets `PAD` on the
 padded rows), so it must hand the batch to `grad_fn` rather than compute with it; targets are
-class indices; the model must not update buffers in place (BatchNorm's running statistics) or
-draw random numbers (dropout). Results equal serial's up to float rounding: vmapped kernels
+class indices; the model must not update buffers in place (a federation's BatchNorm layers keep
+no running statistics: `fedsim.normalisation`) or draw random numbers (dropout). Results equal serial's up to float rounding: vmapped kernels
 sum in another order.
 """
 
@@ -48,6 +49,7 @@ from fedsim.backends.base import ClientReport
 from fedsim.backends.collect import RoundCollector
 from fedsim.errors import TrainingDiverged, plugin_code
 from fedsim.gradients import Objective
+from fedsim.normalisation import batch_norms
 from fedsim.schedule import LocalSchedule, batch_seeds, plan_batches
 from fedsim.strategy import GradFn, LocalContext, LocalSummary, State, Strategy
 from fedsim.trainer import ClientTrainer, join_state, split_state
@@ -134,8 +136,8 @@ class ChunkExecutor:
         with torch.no_grad():
             num_classes = model(self.x[:1]).shape[-1]
         self.tensor_summaries = True  # until a client_end needs Python ints (see `_client_end`)
-        self.padded_grad_fn = None
-        if is_sample_mean(objective, num_classes):
+        self.padded_grad_fn = None  # BatchNorm couples a batch's samples: padding rows would change it
+        if is_sample_mean(objective, num_classes) and not batch_norms(model):
             self.padded_grad_fn = trainer.grad_fn(model, sample_mean(objective, num_classes, device), functional=True)
 
     def train(
@@ -159,7 +161,12 @@ class ChunkExecutor:
         seeds = batch_seeds(self.seed, "shuffle", round_, ids)
         rows, lengths = plan_batches(sizes, steps, self.offsets[ids], seeds, self.schedule.batch_size)
         rows = torch.from_numpy(rows).to(self.device)
-        fixed = (tree.stack([strategy_states[i] for i in order]), tree.stack([trainer_states[i] for i in order]))
+        # per client, what its steps read and never change: its states and its step count
+        fixed = (
+            tree.stack([strategy_states[i] for i in order]),
+            tree.stack([trainer_states[i] for i in order]),
+            torch.from_numpy(steps).to(self.device),
+        )
 
         count = current = len(ids)
         still_training = (steps[:, None] > np.arange(rows.shape[1])).sum(0)
@@ -189,7 +196,7 @@ class ChunkExecutor:
             if not math.isfinite(losses[position]):
                 raise TrainingDiverged(round_, ids[position], losses[position])
         uploads, strategy_out, trainer_out = self._client_end(
-            *finished, *fixed, steps, sizes, lr, global_params, broadcast
+            *finished, *fixed[:2], steps, sizes, lr, global_params, broadcast
         )
         return ChunkResult(ids, uploads, strategy_out, trainer_out, sizes.tolist(), steps.tolist(), losses)
 
@@ -237,8 +244,8 @@ class ChunkExecutor:
         strategy, trainer = self.strategy, self.trainer
 
         def step(grad_fn: GradFn) -> Callable:
-            def client_step(params, opt, carry, strategy_state, trainer_state, x, y):
-                ctx = LocalContext(global_params, broadcast, strategy_state, lr)
+            def client_step(params, opt, carry, strategy_state, trainer_state, num_steps, x, y):
+                ctx = LocalContext(global_params, broadcast, strategy_state, lr, num_steps)
                 if first:
                     params = trainer.start_params(params, trainer_state)
                     opt = trainer.begin(global_params, trainer_state, ctx)
@@ -251,7 +258,8 @@ class ChunkExecutor:
         return step
 
     def _tick(self, step, state, rows: torch.Tensor, lengths: np.ndarray):
-        """One local step of every client in `state` (params, opt, carry, strategy state, trainer state)."""
+        """One local step of every client in `state` (params, opt, carry, strategy state, trainer
+        state, step count)."""
         if len(lengths) <= EAGER_MAX_CLIENTS:
             client_step = step(self.grad_fn)
             clients = tree.unstack(state, len(lengths))
@@ -307,7 +315,8 @@ class ChunkExecutor:
         def end(p, o, c, s, t, num_steps, num_samples):
             summary = LocalSummary(num_steps, num_samples, lr)
             shared = trainer.shared_params(p, global_params)
-            upload, s_new = strategy.client_end(shared, c, LocalContext(global_params, broadcast, s, lr), summary)
+            ctx = LocalContext(global_params, broadcast, s, lr, num_steps)
+            upload, s_new = strategy.client_end(shared, c, ctx, summary)
             return upload, s_new, trainer.end(p, o, t, summary)
 
         stacked = (params, opt, carry, strategy_state, trainer_state)

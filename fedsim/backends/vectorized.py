@@ -134,14 +134,7 @@ def vectorization_problem(model: nn.Module, grad_fn: GradFn, x: torch.Tensor, y:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if running and running[-1] is not model:
             layer = running[-1]
-            hint = (
-                " (use GroupNorm or LayerNorm, which vectorize)"
-                if isinstance(layer, nn.modules.batchnorm._BatchNorm)
-                else ""
-            )
-            return (
-                f"layer '{names[layer]}' ({type(layer).__name__}) fails under torch.func.vmap{hint}: {reason}"
-            )
+            return f"layer '{names[layer]}' ({type(layer).__name__}) fails under torch.func.vmap: {reason}"
         return f"it fails under torch.func.vmap: {reason}"
     finally:
         for hook in hooks:
