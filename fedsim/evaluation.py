@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from fedsim import tree
 from fedsim.gradients import autograd_grad_fn
@@ -82,6 +82,7 @@ class ClientTestSets:
         self.y = torch.cat([client_test[cid][1] for cid in ids]).to(device)
         self.owner = torch.repeat_interleave(torch.arange(len(ids)), torch.from_numpy(self.num_samples)).to(device)
         self.offsets = np.concatenate([[0], np.cumsum(self.num_samples)])
+        self.vectorizes: bool | None = None  # whether personal models are scored in vmapped chunks (found once)
 
     def score(self, model: nn.Module, params: Params, batch: int) -> ClientScores:
         loss, correct = per_sample(model, params, self.x, self.y, batch)
@@ -91,12 +92,60 @@ class ClientTestSets:
         return ClientScores(self.client_ids, self.num_samples, right / self.num_samples, loss_sum / self.num_samples)
 
     def score_each(self, model: nn.Module, params_of: list[Params], batch: int) -> ClientScores:
-        """Each client scored with params of its own (`params_of[i]` for `client_ids[i]`)."""
+        """Each client scored with params of its own (`params_of[i]` for `client_ids[i]`).
+
+        Clients of similar test size are scored in chunks of about `batch` samples, one vmapped
+        forward pass per chunk (each client's rows padded to the chunk's longest); a model that
+        does not run under vmap is scored one client at a time.
+        """
         accuracy, loss = np.zeros(len(self.client_ids)), np.zeros(len(self.client_ids))
-        for i, params in enumerate(params_of):
-            rows = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
-            loss[i], accuracy[i] = score(model, params, (self.x[rows], self.y[rows]), batch)
+        if self.vectorizes is None:
+            self.vectorizes = forward_vectorizes(model, params_of[0], self.x[:1])
+        chunks = self.chunks(batch) if self.vectorizes else [[i] for i in range(len(params_of))]
+        for chunk in chunks:
+            if not self.vectorizes:
+                [i] = chunk
+                rows = slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+                loss[i], accuracy[i] = score(model, params_of[i], (self.x[rows], self.y[rows]), batch)
+                continue
+            loss[chunk], accuracy[chunk] = self.score_chunk(model, tree.stack([params_of[i] for i in chunk]), chunk)
         return ClientScores(self.client_ids, self.num_samples, accuracy, loss)
+
+    def chunks(self, batch: int) -> list[list[int]]:
+        """Client positions in chunks of similar test size, each of at most about `batch` padded samples."""
+        chunks: list[list[int]] = []
+        for i in np.argsort(self.num_samples, kind="stable").tolist():  # ascending: the last is the longest
+            if chunks and (len(chunks[-1]) + 1) * int(self.num_samples[i]) <= batch:
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+        return chunks
+
+    @torch.no_grad()
+    def score_chunk(self, model: nn.Module, stacked: Params, chunk: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(mean loss, accuracy) of each client of `chunk`, its params stacked in `stacked`."""
+        sizes = torch.from_numpy(self.num_samples[chunk]).to(self.x.device)
+        longest = int(sizes.max())
+        real = torch.arange(longest, device=self.x.device) < sizes[:, None]
+        starts = torch.from_numpy(self.offsets[chunk]).to(self.x.device)
+        rows = torch.where(real, starts[:, None] + torch.arange(longest, device=self.x.device), starts[:, None])
+        x, y = self.x[rows], self.y[rows]
+        with evaluating(model):
+            logits = vmap(lambda p, inputs: functional_call(model, p, (inputs,)))(stacked, x)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        loss = torch.where(real, losses.double(), 0).sum(1) / sizes
+        right = (real & (logits.argmax(-1) == y)).sum(1).double()
+        return loss.cpu().numpy(), (right / sizes).cpu().numpy()
+
+
+def forward_vectorizes(model: nn.Module, params: Params, x: torch.Tensor) -> bool:
+    """Whether a forward pass of `model` runs under vmap over two stacked copies of `params`."""
+    try:
+        with torch.no_grad(), evaluating(model):
+            vmap(lambda p, inputs: functional_call(model, p, (inputs,)))(tree.stack([params, params]), torch.stack([x, x]))
+    except Exception:  # noqa: BLE001 -- any failure under vmap means: score one client at a time
+        return False
+    return True
 
 
 def finetuned(

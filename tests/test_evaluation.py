@@ -64,6 +64,34 @@ def test_client_scores_match_a_loop_over_clients():
     assert d["client_accuracy_weighted"] == pytest.approx((scores.accuracy * [5, 9, 2]).sum() / 16)
 
 
+@pytest.mark.parametrize("vectorizes", [True, False], ids=["vmapped-chunks", "one-by-one"])
+def test_personal_models_score_like_a_loop_over_clients(vectorizes):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    tests = [(torch.randn(n, 4), torch.randint(0, 3, (n,))) for n in (5, 1, 9, 2, 7)]
+    sets = ClientTestSets(tests, list(range(5)), torch.device("cpu"))
+    own = [{k: v.detach() + 0.3 * torch.randn_like(v) for k, v in model.named_parameters()} for _ in tests]
+    sets.vectorizes = vectorizes
+    scores = sets.score_each(model, own, batch=10)  # chunks of <= 10 padded samples: sizes {1, 2}, {5}, {7}, {9}
+    assert sets.chunks(10) == [[1, 3], [0], [4], [2]]
+    for i, ((x, y), params) in enumerate(zip(tests, own)):
+        logits = torch.func.functional_call(model, params, (x,))
+        assert scores.accuracy[i] == pytest.approx((logits.argmax(1) == y).double().mean().item(), abs=1e-12)
+        assert scores.loss[i] == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_a_model_that_fails_under_vmap_is_scored_one_client_at_a_time():
+    class Branchy(nn.Linear):
+        def forward(self, x):
+            return super().forward(x) if x.sum().item() > -1e9 else x
+
+    model = Branchy(4, 3)
+    sets = ClientTestSets([(torch.randn(3, 4), torch.randint(0, 3, (3,)))] * 2, [0, 1], torch.device("cpu"))
+    params = dict(model.named_parameters())
+    scores = sets.score_each(model, [params, params], batch=100)
+    assert sets.vectorizes is False and scores.accuracy[0] == scores.accuracy[1]
+
+
 def client_rows(run) -> list[dict]:
     with open(run / "client_metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
