@@ -35,7 +35,7 @@ SECOND_MOMENTS = {
 
 @dataclass(frozen=True)
 class SGD:
-    """SGD with heavy-ball momentum: no dampening, no Nesterov (`torch.optim.SGD`'s and Flower FedAvgM's rule)."""
+    """SGD with heavy-ball momentum, no dampening or Nesterov (torch.optim.SGD's and Flower FedAvgM's)."""
 
     lr: float
     momentum: float = 0.0
@@ -52,8 +52,9 @@ class SGD:
 class Adaptive:
     """Adagrad, Adam or Yogi (`rule`, a key of SECOND_MOMENTS) with first-moment decay beta_1.
 
-    `v_init` is v_{-1} (Algorithm 2 asks for v_{-1} >= tau^2; Flower starts at 0). `beta_2` is
-    unused by adagrad. `bias_correction` is Flower FedAdam's step size at server round r (from 1),
+    `v_init` is v_{-1} (Algorithm 2's analysis asks for v_{-1} >= tau^2; the authors' experiment
+    code and Flower start at 0). `beta_2` is unused by adagrad. `bias_correction` is Flower
+    FedAdam's step size at server round r (counted from 1),
     lr_r = lr sqrt(1 - beta_2^(r+1)) / (1 - beta_1^(r+1)); without it lr_r = lr, as in the paper.
     """
 
@@ -66,7 +67,8 @@ class Adaptive:
     bias_correction: bool = False
 
     def init(self, params: Params) -> State:
-        return {"m": tree.zeros_like(params), "v": {k: torch.full_like(p, self.v_init) for k, p in params.items()}}
+        v = {k: torch.full_like(p, self.v_init) for k, p in params.items()}
+        return {"m": tree.zeros_like(params), "v": v}
 
     def step(self, params: Params, state: State, grad: Params, round_: int) -> tuple[Params, State]:
         second_moment = SECOND_MOMENTS[self.rule]
