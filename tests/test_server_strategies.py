@@ -1,14 +1,16 @@
-"""The server-side baselines (adaptive server optimisers) against Flower 1.42, against hand
-computations on tiny tensors, and end to end through the engine.
+"""The server-side baselines (adaptive server optimisers, robust aggregation) against Flower 1.42,
+against hand computations on tiny tensors, and end to end through the engine.
 
 Parity: the same client models go to Flower's own strategy (`flwr.server.strategy`'s
-`aggregate_fit`) and to fedsim's `server_update` for 3 rounds, in float64; the global parameters
-must agree within 1e-6 every round.
+`aggregate_fit`, or `flwr.serverapp.strategy`'s `aggregate_train`) and to fedsim's `server_update`
+for 3 rounds, in float64; the global parameters must agree within 1e-6 every round.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -19,13 +21,19 @@ from fedsim.engine import Simulation
 from fedsim.errors import ConfigError
 from fedsim.plugins import build_strategy
 from fedsim.strategy import Aggregate, RoundInfo
+from strategies.bulyan import Bulyan
 from strategies.fedadagrad import FedAdagrad
 from strategies.fedadam import FedAdam
+from strategies.fedmedian import FedMedian
+from strategies.fedtrimmedavg import FedTrimmedAvg
 from strategies.fedyogi import FedYogi
+from strategies.krum import Krum
 
 try:  # Flower is an optional extra; without it only the parity tests are skipped
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
     from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server import strategy as flwr_strategy
+    from flwr.serverapp import strategy as flwr_serverapp
 except ImportError:
     flwr_strategy = None
 needs_flower = pytest.mark.skipif(flwr_strategy is None, reason="needs Flower: pip install 'fedsim[flower]'")
@@ -47,11 +55,12 @@ def server_round(strategy, params, state, clients, round_):
 
 
 def client_models(params, sizes, generator):
-    """Client models near the global one."""
+    """Client models near the global one; the last two are far off, as attackers' would be."""
     models = []
-    for n in sizes:
+    for i, n in enumerate(sizes):
+        spread = 3.0 if i >= len(sizes) - 2 else 0.1
         noise = {k: torch.randn(v.shape, generator=generator, dtype=torch.float64) for k, v in params.items()}
-        models.append((tree.add(params, noise, 0.1), n))
+        models.append((tree.add(params, noise, spread), n))
     return models
 
 
@@ -63,6 +72,36 @@ def legacy(flower):
                    for y, n in clients]
         aggregated, _ = flower.aggregate_fit(server_round_, results, [])
         return parameters_to_ndarrays(aggregated)
+    return round_
+
+
+@dataclass
+class Reply:
+    """What a `flwr.serverapp.strategy` strategy reads of a reply (a real Message needs a SuperLink)."""
+
+    content: RecordDict
+
+    def has_error(self) -> bool:
+        return False
+
+
+def message_api(flower):
+    """One round of a `flwr.serverapp.strategy` strategy: its `aggregate_train` on the client models.
+
+    Flower's Bulyan runs `gc.collect()` once per reply (`to_numpy_ndarrays(keep_input=False)`);
+    freezing the objects already alive keeps each collection from scanning the whole test session
+    (5 s -> 0.05 s for three rounds).
+    """
+    def round_(server_round_, clients):
+        replies = [Reply(RecordDict({"arrays": ArrayRecord({k: Array(v.numpy()) for k, v in y.items()}),
+                                     "metrics": MetricRecord({"num-examples": n})}))
+                   for y, n in clients]
+        gc.freeze()
+        try:
+            aggregated, _ = flower.aggregate_train(server_round_, replies)
+        finally:
+            gc.unfreeze()
+        return [a.numpy() for a in aggregated.values()]
     return round_
 
 
@@ -100,6 +139,17 @@ PARITY = {  # case -> () -> (fedsim strategy, one round of Flower's); called onl
                         legacy(flwr_strategy.FedYogi(initial_parameters=initial(), **ADAPTIVE))),
     "fedadagrad": lambda: (FedAdagrad(eta=0.05, tau=1e-2, variant="flwr"), legacy(
         flwr_strategy.FedAdagrad(initial_parameters=initial(), eta=0.05, tau=1e-2))),
+    "fedmedian": lambda: (FedMedian(), legacy(flwr_strategy.FedMedian())),
+    "fedtrimmedavg": lambda: (FedTrimmedAvg(beta=0.2), legacy(flwr_strategy.FedTrimmedAvg(beta=0.2))),
+    "krum": lambda: (Krum(num_malicious=2), legacy(flwr_strategy.Krum(num_malicious_clients=2))),
+    "multikrum": lambda: (Krum(num_malicious=2, num_selected=4),
+                          legacy(flwr_strategy.Krum(num_malicious_clients=2, num_clients_to_keep=4))),
+    "multikrum-message-api": lambda: (Krum(num_malicious=2, num_selected=4), message_api(
+        flwr_serverapp.MultiKrum(num_malicious_nodes=2, num_nodes_to_select=4))),
+    "bulyan": lambda: (Bulyan(num_malicious=2),
+                       legacy(flwr_strategy.Bulyan(num_malicious_clients=2, to_keep=0))),
+    "bulyan-multikrum-message-api": lambda: (Bulyan(num_malicious=2, selection="multikrum"),
+                                             message_api(flwr_serverapp.Bulyan(num_malicious_nodes=2))),
 }
 
 
@@ -110,7 +160,21 @@ def test_three_rounds_match_flower(case):
     assert parity_gap(ours, flower_round) < PARITY_TOL
 
 
+@needs_flower
+def test_even_cohort_median_matches_flower():
+    assert parity_gap(FedMedian(), legacy(flwr_strategy.FedMedian()), sizes=SIZES[:10]) < PARITY_TOL
+
+
 # ---------------------------------------------------------------------------- rules by hand
+
+
+def one_coordinate_round(strategy, deltas, sizes):
+    """server_update from x = 0 on 1-coordinate client deltas; returns the new x as a float."""
+    uploads = [{"delta": {"w": torch.tensor([d], dtype=torch.float64)}} for d in deltas]
+    aggregate = Aggregate({}, uploads, list(sizes))
+    params, _ = strategy.server_update({"w": torch.zeros(1, dtype=torch.float64)}, {}, aggregate,
+                                       RoundInfo(1, 0.1, len(deltas), len(deltas)))
+    return float(params["w"])
 
 
 # Two rounds of two clients (n = 1 and 3). Round 1 deltas (0.4, -0.2) and (0.2, 0.6): uniform mean
@@ -159,12 +223,56 @@ def test_v_init_is_the_second_moment_before_round_one(strategy, v1):
     assert float(state["v"]["w"]) == pytest.approx(v1, rel=1e-12, abs=0)
 
 
+def test_median_of_an_even_count_is_the_mean_of_the_middle_two():
+    assert one_coordinate_round(FedMedian(), [1.0, 3.0, 2.0, 10.0], [1, 1, 1, 1]) == -2.5
+    assert one_coordinate_round(FedMedian(), [1.0, 3.0, 10.0], [1, 1, 1]) == -3.0
+
+
+@pytest.mark.parametrize("beta, kept_mean", [(0.0, 107 / 5), (0.2, 7 / 3), (0.39, 7 / 3), (0.4, 2.0)])
+def test_trimmed_mean_cuts_int_beta_n_from_each_end(beta, kept_mean):
+    deltas = [0.0, 100.0, 2.0, 1.0, 4.0]
+    assert one_coordinate_round(FedTrimmedAvg(beta=beta), deltas, [9] * 5) == pytest.approx(-kept_mean)
+
+
+# Five uploads 0, 1, 2, 10, -7 with f = 1: each scores its 5 - 1 - 2 = 2 nearest others,
+# 0: 1 + 4 = 5, 1: 1 + 1 = 2, 2: 1 + 4 = 5, 10: 64 + 81, -7: 49 + 64. Krum keeps 1; Multi-Krum
+# (m = 3) keeps 1, 0 and 2 (the tie kept in upload order), weighted by n = 1..5 or uniformly.
+KRUM_DELTAS, KRUM_SIZES = [0.0, 1.0, 2.0, 10.0, -7.0], [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    "strategy, mean",
+    [(Krum(num_malicious=1), 1.0), (Krum(num_malicious=1, num_selected=3), (0 * 1 + 1 * 2 + 2 * 3) / 6),
+     (Krum(num_malicious=1, num_selected=3, weighting="uniform"), 1.0)],
+    ids=["krum", "multikrum", "multikrum-uniform"],
+)
+def test_krum_scores_by_hand(strategy, mean):
+    assert one_coordinate_round(strategy, KRUM_DELTAS, KRUM_SIZES) == pytest.approx(-mean)
+
+
+# Seven uploads -3, -2, -1, 0, 1, 2, 4 with f = 1: theta = 5, beta = 3; ties go to the earlier
+# upload. One Krum pass scores (4 nearest each) 30, 15, 10, 10, 15, 18, 54. Multi-Krum keeps the
+# five lowest, -2..2: median 0, nearest three 0, -1, 1, mean 0. Repeated Krum picks -1 (10), then
+# from the rest (3 nearest) 0 (9, tied with 2), then (2 nearest) 2 (1 + 4), then (1 nearest)
+# -3 (1, tied with -2), then -2: median -1, nearest three -1, -2, 0, mean -1.
+@pytest.mark.parametrize("selection, mean", [("krum", -1.0), ("multikrum", 0.0)])
+def test_bulyan_selections_by_hand(selection, mean):
+    deltas = [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0]
+    strategy = Bulyan(num_malicious=1, selection=selection)
+    assert one_coordinate_round(strategy, deltas, [1] * 7) == pytest.approx(-mean)
+
+
 # ---------------------------------------------------------------------------- validation
 
 
 @pytest.mark.parametrize(
     "table, message",
     [
+        ({"name": "fedtrimmedavg", "beta": 0.5}, r"strategy.beta must be in \[0, 0.5\), got 0.5"),
+        ({"name": "krum", "num_malicious": -1}, "strategy.num_malicious must be >= 0, got -1"),
+        ({"name": "krum", "num_selected": 0}, "strategy.num_selected must be >= 1, got 0"),
+        ({"name": "krum", "weighting": "median"}, "strategy.weighting must be one of samples, uniform"),
+        ({"name": "bulyan", "selection": "bulyan"}, "strategy.selection must be one of krum, multikrum"),
         ({"name": "fedadam", "beta_2": 1.0}, r"strategy.beta_2 must be in \[0, 1\), got 1.0"),
         ({"name": "fedyogi", "tau": 0.0}, "strategy.tau must be > 0, got 0.0"),
         ({"name": "fedadam", "variant": "keras"}, "strategy.variant must be one of paper, flwr"),
@@ -177,13 +285,39 @@ def test_out_of_range_hyperparameters_are_config_errors(table, message):
         build_strategy(table)
 
 
+@pytest.mark.parametrize(
+    "strategy, uploads, message",
+    [
+        (Krum(num_malicious=1), 4,
+         r"krum needs more than 2 \* strategy.num_malicious \+ 2 = 4 uploads a round, got 4: raise"),
+        (Krum(num_selected=5), 4, "krum keeps strategy.num_selected = 5 uploads but the round has 4"),
+        (Bulyan(num_malicious=1), 6,
+         r"bulyan needs at least 4 \* strategy.num_malicious \+ 3 = 7 uploads a round, got 6: raise"),
+    ],
+    ids=["krum", "multikrum", "bulyan"],
+)
+def test_a_cohort_too_small_is_a_one_line_config_error_at_the_round(strategy, uploads, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        one_coordinate_round(strategy, [float(i) for i in range(uploads)], [1] * uploads)
+    assert "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------------------- end to end
+
+
+def test_the_engine_stops_a_too_small_cohort_with_the_config_error(config_factory):
+    sim = Simulation(config_factory("strategy.name=bulyan", "strategy.num_malicious=1", "train.fraction=0.5",
+                                    "train.rounds=1", "model.hidden=[8]"))
+    with pytest.raises(ConfigError, match="bulyan needs at least .* = 7 uploads a round, got 5"):
+        sim.run()
 
 
 @pytest.mark.parametrize(
     "overrides",
     [["strategy.name=fedadam"], ["strategy.name=fedyogi", "strategy.variant=flwr"],
-     ["strategy.name=fedadagrad"]],
+     ["strategy.name=fedadagrad"], ["strategy.name=fedmedian"], ["strategy.name=fedtrimmedavg"],
+     ["strategy.name=krum", "strategy.num_malicious=1", "strategy.num_selected=3"],
+     ["strategy.name=bulyan", "strategy.num_malicious=1"]],
     ids=lambda o: "-".join(v.split("=")[1] for v in o[:1]),
 )
 def test_each_strategy_runs_end_to_end(config_factory, overrides):
