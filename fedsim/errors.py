@@ -13,7 +13,8 @@ class FedsimError(Exception):
 
 
 class ConfigError(FedsimError):
-    """The experiment config (or a value derived from it) is invalid. Raised before any work."""
+    """The experiment config (or a value derived from it) is invalid. Raised before any work, or
+    at the first round that shows it where only the round can (a cohort too small for Krum)."""
 
     exit_code = 2
 

@@ -91,6 +91,11 @@ class Aggregate:
     uploads: list[State] | None = None
     num_samples: list[int] | None = None
 
+    def stacked(self, field: str = "delta") -> Params:
+        """Each parameter of `field` stacked over the cohort's uploads (dim 0, cohort order)."""
+        names = self.uploads[0][field]
+        return {name: torch.stack([upload[field][name] for upload in self.uploads]) for name in names}
+
 
 @dataclass
 class Strategy:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fedsim import tree
 from fedsim.config import option
+from fedsim.server_opt import SGD
 from fedsim.strategy import Aggregate, RoundInfo, State
 from fedsim.tree import Params
 from strategies.fedavg import FedAvg
@@ -16,12 +16,13 @@ from strategies.fedavg import FedAvg
 class FedAvgM(FedAvg):
     """FedAvgM: server momentum v = momentum * v + mean delta, then w -= server_lr * v.
 
-    The pseudo-gradient is the weighted mean client delta (`weighting` as in FedAvg). The rule
-    is `flwr.server.strategy.FedAvgM`: round 1 sets v to the pseudo-gradient (v starts at 0,
-    which is the same), no dampening, no Nesterov. Defaults: `momentum=0.9` (Hsu et al.'s
-    typical value; Flower's default of 0.0 would make this plain FedAvg) and `server_lr=1.0`.
-    The effective server step is about server_lr / (1 - momentum), so lower `server_lr` when
-    raising `momentum`. `momentum=0, server_lr=1` is FedAvg.
+    The pseudo-gradient is the weighted mean client delta (`weighting` as in FedAvg), stepped by
+    the SGD server optimiser of fedsim.server_opt. The rule is `flwr.server.strategy.FedAvgM`:
+    round 1 sets v to the pseudo-gradient (v starts at 0, which is the same), no dampening, no
+    Nesterov. Defaults: `momentum=0.9` (Hsu et al.'s typical value; Flower's default of 0.0 would
+    make this plain FedAvg) and `server_lr=1.0`. The effective server step is about
+    server_lr / (1 - momentum), so lower `server_lr` when raising `momentum`. `momentum=0,
+    server_lr=1` is FedAvg.
     """
 
     name: ClassVar[str] = "fedavgm"
@@ -29,11 +30,13 @@ class FedAvgM(FedAvg):
     server_lr: float = option(1.0, gt=0)
     momentum: float = option(0.9, ge=0, lt=1)
 
+    def optimiser(self) -> SGD:
+        return SGD(self.server_lr, self.momentum)
+
     def init_server_state(self, params: Params) -> State:
-        return {"v": tree.zeros_like(params)}
+        return self.optimiser().init(params)
 
     def server_update(
         self, params: Params, server_state: State, aggregate: Aggregate, info: RoundInfo
     ) -> tuple[Params, State]:
-        velocity = tree.add(aggregate.means["delta"], server_state["v"], self.momentum)
-        return tree.add(params, velocity, -self.server_lr), {"v": velocity}
+        return self.optimiser().step(params, server_state, aggregate.means["delta"], info.round)
