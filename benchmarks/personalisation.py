@@ -82,6 +82,12 @@ def main() -> None:
                     "fedbn": "FedBN (personal, BatchNorm CNN)"}[values["trainer.name"]]
             methods.setdefault((values["data.alpha"], name), []).append(
                 {"test": s["final_accuracy"], **s["final_personal_accuracy"]})
+        if "model.name=cnn" not in DATASETS[dataset]:  # FedAvg on FedBN's CNN (without BatchNorm) too
+            cnn = args.work / f"{dataset}-cnn"
+            sweep(cnn, dataset, args, "--set", "model.name=cnn")
+            for values, s in cells(cnn):
+                methods.setdefault((values["data.alpha"], "FedAvg (global model, the CNN)"), []).append(
+                    {"test": s["final_accuracy"], **s["final_client_accuracy"]})
         for (alpha, method), runs in sorted(methods.items(), key=lambda kv: kv[0][0]):
             rows.append({
                 "dataset": dataset, "alpha": alpha, "method": method, "seeds": len(runs),

@@ -8,7 +8,6 @@ accumulated between rounds (`SimulationState`); fedsim.checkpoint writes it to d
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from fedsim import seeding, tree
 from fedsim.backends import make_backend
 from fedsim.backends.base import RoundOutput, RoundPlan
 from fedsim.client_state import ClientStateStore
+from fedsim.cohort import cohort_size, reporting_size
 from fedsim.config import Config
 from fedsim.data import heterogeneity
 from fedsim.divergence import DivergenceWatch
@@ -80,11 +80,6 @@ class SimulationState:
     wall_s: float  # training wall time so far
 
 
-def cohort_size(num_clients: int, fraction: float) -> int:
-    """m = max(floor(C * N), 1), robust to float error in C * N."""
-    return max(math.floor(fraction * num_clients + 1e-9), 1)
-
-
 class Simulation:
     """One federated experiment, built and validated from a Config before any training."""
 
@@ -136,8 +131,7 @@ class Simulation:
         chosen = rng.choice(n, size=cohort_size(n, t.fraction), replace=False)
         if t.dropout > 0:
             drop_rng = seeding.numpy_rng(self.config.seed, "dropout", round_)
-            keep = max(len(chosen) - math.floor(t.dropout * len(chosen) + 1e-9), 1)
-            chosen = drop_rng.choice(chosen, size=keep, replace=False)
+            chosen = drop_rng.choice(chosen, size=reporting_size(len(chosen), t.dropout), replace=False)
         return sorted(int(c) for c in chosen)
 
     def local_work(self, round_: int, client_id: int) -> float:

@@ -13,8 +13,7 @@ class FedsimError(Exception):
 
 
 class ConfigError(FedsimError):
-    """The experiment config (or a value derived from it) is invalid. Raised before any work, or
-    at the first round that shows it where only the round can (a cohort too small for Krum)."""
+    """The experiment config (or a value derived from it) is invalid. Raised before any work."""
 
     exit_code = 2
 

@@ -107,6 +107,10 @@ class Strategy:
     def validate(self) -> None:
         """Raise `ConfigError` for hyperparameter values that make no sense."""
 
+    def validate_uploads(self, uploads: int) -> None:
+        """Raise `ConfigError` if a round of `uploads` client uploads is too few for the rule
+        (Krum's n > 2f + 2); checked before any work with the uploads every round gets."""
+
     # ---- server side -------------------------------------------------------------------
     def init_server_state(self, params: Params) -> State:
         return {}

@@ -12,9 +12,10 @@ import importlib.util
 
 import torch
 
+from fedsim.cohort import cohort_size, reporting_size
 from fedsim.config import Config, config_from_dict
 from fedsim.errors import ConfigError
-from fedsim.plugins import build_trainer, make, resolved
+from fedsim.plugins import build_strategy, build_trainer, make, resolved
 from fedsim.trainer import has_personal_models
 
 
@@ -39,6 +40,8 @@ def validate(config: Config) -> None:
     validate_ray(config)
     resolve_device(config.engine.device)
     validate_trainer(config)
+    reporting = reporting_size(cohort_size(config.data.num_clients, t.fraction), t.dropout)
+    build_strategy(config.strategy).validate_uploads(reporting)
 
 
 def validate_ray(config: Config) -> None:

@@ -51,13 +51,16 @@ class Bulyan(Strategy):
     num_malicious: int = option(0, ge=0)
     selection: str = option("krum", choices=SELECTIONS)
 
+    def validate_uploads(self, uploads: int) -> None:
+        f = self.num_malicious
+        if uploads < 4 * f + 3:
+            raise ConfigError(f"bulyan needs at least 4 * strategy.num_malicious + 3 = {4 * f + 3} uploads "
+                              f"a round, got {uploads}: {TOO_FEW}")
+
     def server_update(
         self, params: Params, server_state: State, aggregate: Aggregate, info: RoundInfo
     ) -> tuple[Params, State]:
         n, f = len(aggregate.uploads), self.num_malicious
-        if n < 4 * f + 3:
-            raise ConfigError(f"bulyan needs at least 4 * strategy.num_malicious + 3 = {4 * f + 3} uploads "
-                              f"a round, got {n}: {TOO_FEW}")
         theta = n - 2 * f
         deltas = aggregate.stacked()
         rows = flatten(deltas)

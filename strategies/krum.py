@@ -31,7 +31,6 @@ def krum_scores(rows: torch.Tensor, num_malicious: int) -> torch.Tensor:
     return distances.sort(dim=1).values[:, :neighbours].sum(dim=1)
 
 
-# The cohort size is first known at the round, so a cohort too small for the rule stops the run there.
 TOO_FEW = "raise train.fraction or data.num_clients, or lower strategy.num_malicious"
 
 
@@ -52,16 +51,19 @@ class Krum(Strategy):
     num_selected: int = option(1, ge=1)
     weighting: str = option("samples", choices=WEIGHTINGS)
 
+    def validate_uploads(self, uploads: int) -> None:
+        f = self.num_malicious
+        if uploads <= 2 * f + 2:
+            raise ConfigError(f"krum needs more than 2 * strategy.num_malicious + 2 = {2 * f + 2} uploads "
+                              f"a round, got {uploads}: {TOO_FEW}")
+        if self.num_selected > uploads:
+            raise ConfigError(f"krum keeps strategy.num_selected = {self.num_selected} uploads but a round "
+                              f"has {uploads}: lower strategy.num_selected")
+
     def server_update(
         self, params: Params, server_state: State, aggregate: Aggregate, info: RoundInfo
     ) -> tuple[Params, State]:
         n, f = len(aggregate.uploads), self.num_malicious
-        if n <= 2 * f + 2:
-            raise ConfigError(f"krum needs more than 2 * strategy.num_malicious + 2 = {2 * f + 2} uploads "
-                              f"a round, got {n}: {TOO_FEW}")
-        if self.num_selected > n:
-            raise ConfigError(f"krum keeps strategy.num_selected = {self.num_selected} uploads but the round "
-                              f"has {n}: lower strategy.num_selected")
         deltas = aggregate.stacked()
         chosen = krum_scores(flatten(deltas), f).argsort(stable=True)[: self.num_selected]
         counts = aggregate.num_samples if self.weighting == "samples" else [1] * n

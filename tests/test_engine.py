@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fedsim.engine import Simulation, cohort_size
+from fedsim.cohort import cohort_size
+from fedsim.engine import Simulation
 from fedsim.errors import ConfigError, TrainingDiverged
 from fedsim.plugins import resolved
 from fedsim.models import build_model

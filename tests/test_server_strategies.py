@@ -21,6 +21,7 @@ from fedsim.engine import Simulation
 from fedsim.errors import ConfigError
 from fedsim.plugins import build_strategy
 from fedsim.strategy import Aggregate, RoundInfo
+from fedsim.validate import validate
 from strategies.bulyan import Bulyan
 from strategies.fedadagrad import FedAdagrad
 from strategies.fedadam import FedAdam
@@ -290,26 +291,27 @@ def test_out_of_range_hyperparameters_are_config_errors(table, message):
     [
         (Krum(num_malicious=1), 4,
          r"krum needs more than 2 \* strategy.num_malicious \+ 2 = 4 uploads a round, got 4: raise"),
-        (Krum(num_selected=5), 4, "krum keeps strategy.num_selected = 5 uploads but the round has 4"),
+        (Krum(num_selected=5), 4, "krum keeps strategy.num_selected = 5 uploads but a round has 4"),
         (Bulyan(num_malicious=1), 6,
          r"bulyan needs at least 4 \* strategy.num_malicious \+ 3 = 7 uploads a round, got 6: raise"),
     ],
     ids=["krum", "multikrum", "bulyan"],
 )
-def test_a_cohort_too_small_is_a_one_line_config_error_at_the_round(strategy, uploads, message):
+def test_a_cohort_too_small_is_a_one_line_config_error(strategy, uploads, message):
     with pytest.raises(ConfigError, match=message) as err:
-        one_coordinate_round(strategy, [float(i) for i in range(uploads)], [1] * uploads)
+        strategy.validate_uploads(uploads)
     assert "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------------------- end to end
 
 
-def test_the_engine_stops_a_too_small_cohort_with_the_config_error(config_factory):
-    sim = Simulation(config_factory("strategy.name=bulyan", "strategy.num_malicious=1", "train.fraction=0.5",
-                                    "train.rounds=1", "model.hidden=[8]"))
-    with pytest.raises(ConfigError, match="bulyan needs at least .* = 7 uploads a round, got 5"):
-        sim.run()
+@pytest.mark.parametrize("dropout, reporting", [(0.0, 5), (0.4, 3)])
+def test_a_too_small_cohort_is_refused_before_any_work(config_factory, dropout, reporting):
+    config = config_factory("strategy.name=bulyan", "strategy.num_malicious=1", "train.fraction=0.5",
+                            f"train.dropout={dropout}", "model.hidden=[8]")
+    with pytest.raises(ConfigError, match=f"bulyan needs at least .* = 7 uploads a round, got {reporting}"):
+        validate(config)
 
 
 @pytest.mark.parametrize(
