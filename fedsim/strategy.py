@@ -66,6 +66,7 @@ class LocalSummary:
     num_steps: int
     num_samples: int
     lr: float
+    momentum: float  # the local SGD's momentum (`train.momentum`), for rules that count effective steps
 
 
 @dataclass(frozen=True)

@@ -207,7 +207,7 @@ class LocalRun:
         mean_loss = float(self.loss_sum) / max(self.steps, 1)
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(job.round, job.client_id, mean_loss)
-        summary = LocalSummary(num_steps=self.steps, num_samples=num_samples, lr=job.lr)
+        summary = LocalSummary(self.steps, num_samples, job.lr, self.trainer.sgd.momentum)
         shared = self.trainer.shared_params(self.params, job.global_params)
         upload, strategy_state = self.env.strategy.client_end(shared, self.carry, self.ctx, summary)
         trainer_state = self.trainer.end(self.params, self.opt, job.trainer_state, summary)

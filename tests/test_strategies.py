@@ -23,9 +23,12 @@ from fedsim.plugins import build_strategy
 from fedsim.strategy import Aggregate, LocalContext, LocalSummary, RoundInfo
 from strategies.fedavg import FedAvg
 from tests.conftest import train_one
+from fedsim.trainer import ClientTrainer, SGDSettings
 from strategies.fedavg_m import FedAvgMomentum
 from strategies.fedavgm import FedAvgM
+from strategies.feddyn import FedDyn
 from strategies.fedld import FedLD, revise_updates
+from strategies.fednova import FedNova, effective_steps
 from strategies.fedprox import FedProx
 from strategies.fedspeed import FedSpeed
 from strategies.scaffold import Scaffold
@@ -352,6 +355,78 @@ def test_fedld_server_update_plain_mean_first_then_revised_without_nan():
     torch.testing.assert_close(second["w"], revise_updates(u, 0.8).reshape(2, 3).float())
 
 
+# ---------------------------------------------------------------------------- FedNova
+
+
+def sgd_momentum_by_hand(w0, abar, steps, lr, rho):
+    """torch.optim.SGD with momentum rho on 0.5 ||w - abar||^2, full batch."""
+    w_, v = w0.clone(), torch.zeros_like(w0)
+    for _ in range(steps):
+        v = rho * v + (w_ - abar)
+        w_ = w_ - lr * v
+    return w_
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.5])
+def test_fednova_round_matches_the_papers_rule(rho):
+    x = w(0.0, 0.0)
+    points = {0: [[1.0, 2.0], [3.0, 0.0]], 1: [[-2.0, 1.0], [0.0, 1.0], [-1.0, -1.0]]}
+    steps = {0: 2, 1: 5}  # unequal local work
+    trainer = ClientTrainer()
+    trainer.sgd = SGDSettings(momentum=rho)
+    strategy, total = FedNova(), WeightedSum()
+    for cid, pts in points.items():
+        result = train_one(strategy, quadratic_grad_fn, client_data(*pts), LocalContext(x, {}, {}, LR, steps[cid]),
+                           LocalSchedule(epochs=1, steps=steps[cid], batch_size=100), client_id=cid,
+                           trainer=trainer)
+        total.add(result.upload, strategy.upload_weights(result.num_samples))
+    got, _ = strategy.server_update(x, {}, Aggregate(total.means(torch.float64)), RoundInfo(1, LR, 2, 2))
+    # by hand: a_i is the sum of the weights momentum SGD gives the tau_i gradients
+    weights = {c: sum((1 - rho ** (steps[c] - k)) / (1 - rho) if rho else 1.0 for k in range(steps[c])) for c in steps}
+    p = {0: 2 / 5, 1: 3 / 5}
+    deltas = {c: x["w"] - sgd_momentum_by_hand(x["w"], torch.tensor(points[c], dtype=torch.float64).mean(0),
+                                              steps[c], LR, rho) for c in points}
+    tau_eff = sum(p[c] * weights[c] for c in p)
+    want = x["w"] - tau_eff * sum(p[c] * deltas[c] / weights[c] for c in p)
+    torch.testing.assert_close(got["w"], want, rtol=0, atol=1e-12)
+    for c in steps:
+        assert float(effective_steps(steps[c], rho)) == pytest.approx(weights[c], rel=1e-12)
+    fedavg = x["w"] - sum(p[c] * deltas[c] for c in p)
+    assert not torch.allclose(got["w"], fedavg)  # unequal steps: not FedAvg
+
+
+# ---------------------------------------------------------------------------- FedDyn
+
+
+def test_feddyn_two_rounds_match_the_papers_algorithm_under_partial_participation():
+    alpha, steps, num_clients = 0.5, 3, 4
+    points = {0: [[1.0, 2.0]], 1: [[-2.0, 1.0], [0.0, 1.0]], 2: [[3.0, -1.0]]}
+    cohorts = [[0, 1], [1, 2]]
+    strategy = FedDyn(alpha=alpha)
+    x, server = w(0.0, 0.0), strategy.init_server_state(w(0.0, 0.0))
+    states = {}
+    hx, h, g = x["w"].clone(), torch.zeros(2, dtype=torch.float64), {c: torch.zeros(2, dtype=torch.float64) for c in points}
+    for r, cohort in enumerate(cohorts, 1):
+        clients = {c: (client_data(*points[c]), states.get(c, strategy.init_client_state(x))) for c in cohort}
+        x, server, results = run_round(strategy, x, server, clients, steps=steps, num_clients=num_clients, round_=r)
+        states.update({c: res.strategy_state for c, res in results.items()})
+        # by hand: local GD on L_i - <g_i, t> + alpha/2 ||t - x||^2 from t = x
+        ys = {}
+        for c in cohort:
+            abar, t = torch.tensor(points[c], dtype=torch.float64).mean(0), hx.clone()
+            for _ in range(steps):
+                t = t - LR * ((t - abar) - g[c] + alpha * (t - hx))
+            ys[c] = t
+        for c in cohort:
+            g[c] = g[c] - alpha * (ys[c] - hx)
+        h = h - alpha / num_clients * sum(ys[c] - hx for c in cohort)
+        hx = sum(ys.values()) / len(cohort) - h / alpha
+        torch.testing.assert_close(x["w"], hx, rtol=0, atol=1e-12)
+        torch.testing.assert_close(server["h"]["w"], h, rtol=0, atol=1e-12)
+        for c in cohort:
+            torch.testing.assert_close(states[c]["g"]["w"], g[c], rtol=0, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------- identities
 
 
@@ -381,8 +456,8 @@ def run_rounds(strategy, clients, rounds, *, num_clients=None, cohorts=None, ste
 
 @pytest.mark.parametrize(
     "strategy",
-    [FedAvgMomentum(beta=1.0), FedProx(mu=0.0), FedAvgM(momentum=0.0, server_lr=1.0)],
-    ids=["fedavg_m_beta1", "fedprox_mu0", "fedavgm_plain"],
+    [FedAvgMomentum(beta=1.0), FedProx(mu=0.0), FedAvgM(momentum=0.0, server_lr=1.0), FedNova()],
+    ids=["fedavg_m_beta1", "fedprox_mu0", "fedavgm_plain", "fednova_equal_steps"],
 )
 def test_degenerate_settings_equal_fedavg(strategy):
     clients = linear_clients(3)
@@ -504,7 +579,7 @@ def test_client_hooks_run_under_vmap_like_one_client_at_a_time(strategy):
     states = [{g: {k: torch.randn_like(v) for k, v in p.items()} for g, p in strategy.init_client_state(params).items()}
               for _ in range(2)]
     xs, ys = torch.randn(2, 2, 5, 4), torch.randint(0, 3, (2, 2, 5))  # (clients, steps, batch, ...)
-    summary = LocalSummary(num_steps=2, num_samples=5, lr=LR)
+    summary = LocalSummary(num_steps=2, num_samples=5, lr=LR, momentum=0.0)
 
     def client(state, xs, ys):
         ctx = LocalContext(params, broadcast, state, LR, len(xs))

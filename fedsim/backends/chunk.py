@@ -313,7 +313,7 @@ class ChunkExecutor:
         strategy, trainer = self.strategy, self.trainer
 
         def end(p, o, c, s, t, num_steps, num_samples):
-            summary = LocalSummary(num_steps, num_samples, lr)
+            summary = LocalSummary(num_steps, num_samples, lr, trainer.sgd.momentum)
             shared = trainer.shared_params(p, global_params)
             ctx = LocalContext(global_params, broadcast, s, lr, num_steps)
             upload, s_new = strategy.client_end(shared, c, ctx, summary)
