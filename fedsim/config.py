@@ -153,6 +153,19 @@ class EvalConfig:
     finetune_steps: int = option(0, ge=0)
 
 
+ATTACKS = ("none", "sign_flip", "gaussian", "label_flip", "scaled")
+
+
+@dataclass
+class AttackConfig:
+    """Byzantine clients (fedsim.attacks): a seeded share of the federation that attacks."""
+
+    name: str = option("none", choices=ATTACKS)
+    fraction: float = option(0.0, ge=0, lt=1)  # share of all clients that are Byzantine, chosen once per run
+    scale: float = option(10.0, gt=0)  # "scaled": the factor a Byzantine client boosts its update by
+    std: float = option(1.0, gt=0)  # "gaussian": std of the noise a Byzantine client sends as its update
+
+
 @dataclass
 class Config:
     """A whole experiment. `strategy`, `trainer` and `model` hold `name` plus that plugin's fields."""
@@ -166,6 +179,7 @@ class Config:
     trainer: PluginTable = field(default_factory=lambda: PluginTable(name="backprop"))
     engine: EngineConfig = field(default_factory=EngineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

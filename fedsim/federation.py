@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fedsim import tree
+from fedsim.attacks import choose_attackers, poison, upload_attack
 from fedsim.backends.base import Task
 from fedsim.config import Config
 from fedsim.data import DatasetBundle, Partition, load_dataset, partition_dataset
@@ -74,6 +75,9 @@ def build_federation(config: Config) -> Federation:
     # backends get the labelled (x, y) and the unlabelled x; the unlabelled samples' true labels
     # stay with the engine, for the trainer's diagnostics (`ClientTrainer.round_metrics`)
     client_data, unlabelled_data, hidden_labels = split_labels(client_data, d.label_ratio, config.seed)
+    attackers = choose_attackers(config.attack, len(client_data), config.seed)
+    if config.attack.name == "label_flip":
+        client_data = poison(client_data, attackers, dataset.num_classes)
     backbone = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed)
     model = trainer.build_model(backbone, dataset.input_shape, dataset.num_classes, config.seed).to(device)
     params = trainer.prepare(model, tree.clone(dict(model.named_parameters())))
@@ -96,6 +100,7 @@ def build_federation(config: Config) -> Federation:
         device,
         unlabelled_data,
         track_memory=config.engine.track_memory,
+        attack=upload_attack(config.attack, attackers, config.seed),
     )
     return Federation(
         strategy, trainer, dataset, partition, model, params, statistics, task, y_train.numpy(), hidden_labels,

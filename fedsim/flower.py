@@ -407,8 +407,11 @@ class FlowerBackend(Backend):
             metrics = content["metrics"]
             strategy_state, trainer_state = split_state(from_records(content, STATE, device))
             diagnostics = to_params(content[DIAGNOSTICS], "cpu") if DIAGNOSTICS in content else {}
+            upload = from_records(content, UPLOAD, device)
+            if self.task.attack:
+                upload = self.task.attack.corrupt(plan.round, cid, upload)
             update = ClientUpdate(
-                from_records(content, UPLOAD, device), strategy_state, trainer_state,
+                upload, strategy_state, trainer_state,
                 int(metrics["num-examples"]), int(metrics["num-steps"]), float(metrics["train-loss"]), diagnostics,
             )
             collector.add(cid, update, int(metrics["peak-activation-bytes"]), int(metrics["peak-cuda-bytes"]))

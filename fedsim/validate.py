@@ -40,6 +40,9 @@ def validate(config: Config) -> None:
     validate_ray(config)
     resolve_device(config.engine.device)
     validate_trainer(config)
+    a = config.attack
+    _require(a.name == "none" or a.fraction > 0, f"attack.name='{a.name}' needs attack.fraction > 0 (the share of attackers)")
+    _require(a.name != "none" or a.fraction == 0, "attack.fraction > 0 needs an attack.name (sign_flip, gaussian, label_flip, scaled)")
     reporting = reporting_size(cohort_size(config.data.num_clients, t.fraction), t.dropout)
     build_strategy(config.strategy).validate_uploads(reporting)
 

@@ -136,8 +136,9 @@ def test_the_apps_of_a_flower_app_train_through_the_servers_grid_and_match_seria
 
 
 def test_make_backend_flower_from_python_matches_serial_and_keeps_the_callers_ray_session():
-    """A round matches serial's output; a client's error is one line; Flower ends, Ray stays."""
-    sim = Simulation(small_config("strategy.name=scaffold", *FIVE_CLIENTS))
+    """A round matches serial's output (two Byzantine clients' noise included); a client's error
+    is one line; Flower ends, Ray stays."""
+    sim = Simulation(small_config("strategy.name=scaffold", *FIVE_CLIENTS, "attack.name=gaussian", "attack.fraction=0.4"))
     plan = sim.plan_round(1)
     reference = make_backend("serial", sim.task).run_round(plan)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -179,6 +179,13 @@ def test_client_state_and_all_uploads_travel_through_ray(cluster, strategy):
         assert all(torch.equal(mine["c"][k], theirs["c"][k]) for k in theirs["c"])
 
 
+def test_byzantine_uploads_are_corrupted_the_same_on_ray(cluster):
+    """Gaussian attackers against Krum: the workers send the server what serial's clients send."""
+    config = PARTIAL + ("strategy.name=krum", "strategy.num_malicious=1", "attack.name=gaussian",
+                        "attack.fraction=0.25")
+    assert_same_run(run(config + on_ray(cluster)), serial(config))
+
+
 def test_workers_spread_over_both_nodes_and_leave_nothing_behind(cluster):
     class CountWorkers(Callback):
         def on_round_end(self, sim, record):

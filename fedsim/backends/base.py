@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fedsim.aggregate import WeightedSum
+from fedsim.attacks import Attack
 from fedsim.local import LocalEnv
 from fedsim.memory import MemoryMeter
 from fedsim.schedule import LocalSchedule
@@ -37,6 +38,7 @@ class Task:
     # their true labels stay in the engine, for diagnostics only
     unlabelled_data: list[torch.Tensor] = field(default_factory=list)
     track_memory: bool = False  # meter each client's peak activation bytes (engine.track_memory)
+    attack: Attack | None = None  # the Byzantine clients' upload attack (fedsim.attacks), if any
 
     def grad_fn(self, model: nn.Module, functional: bool = False) -> GradFn:
         """The trainer's gradient function of `model` and the strategy's objective; `functional=True`

@@ -45,6 +45,7 @@ from torch import nn
 from torch.func import vmap
 
 from fedsim import tree
+from fedsim.attacks import Attack
 from fedsim.backends.base import ClientReport
 from fedsim.backends.collect import RoundCollector
 from fedsim.errors import TrainingDiverged, plugin_code
@@ -123,9 +124,10 @@ class ChunkExecutor:
         schedule: LocalSchedule,
         device: torch.device,
         seed: int,
+        attack: Attack | None = None,
     ) -> None:
         self.strategy, self.trainer, self.schedule, self.device = strategy, trainer, schedule, device
-        self.seed = seed
+        self.seed, self.attack = seed, attack
         self.sizes = np.array([len(y) for _, y in client_data], dtype=np.int64)
         self.offsets = np.cumsum(self.sizes) - self.sizes
         self.x = torch.cat([x for x, _ in client_data]).to(device)
@@ -222,6 +224,8 @@ class ChunkExecutor:
                     lr=plan.lr,
                     round_=plan.round,
                 )
+            if self.attack:
+                result.uploads = self.attack.corrupt_stacked(plan.round, result.client_ids, result.uploads)
             collector.add_stacked(result.uploads, result.num_samples)
             count = len(result.client_ids)
             strategy_states = tree.unstack(result.strategy_states, count)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 
@@ -38,6 +39,8 @@ class SerialExecutor:
         for cid, job in zip(client_ids, self.jobs(plan, client_ids)):
             with self.task.memory_meter() as memory, plugin_code(plan.round, [cid]):
                 update = self.task.trainer.train(job, self.env)
+            if self.task.attack:
+                update = replace(update, upload=self.task.attack.corrupt(plan.round, cid, update.upload))
             collector.add(cid, update, memory.activation_bytes, memory.cuda_bytes)
         return collector.output(client_ids)
 

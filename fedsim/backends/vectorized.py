@@ -53,7 +53,7 @@ class VectorizedBackend(Backend):
         if task.device.type == "cpu":
             keep_freed_memory()
         self.executor = ChunkExecutor(
-            model, task.strategy, task.trainer, task.client_data, task.schedule, task.device, task.seed
+            model, task.strategy, task.trainer, task.client_data, task.schedule, task.device, task.seed, task.attack
         )
         self.chunk_size = max_clients_per_batch or auto_chunk_size(
             model, x[:1], task.schedule.batch_size, task.device
