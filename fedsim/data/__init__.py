@@ -2,7 +2,6 @@
 
 from fedsim.data.datasets import Dataset, DatasetBundle, load_dataset, numpy_columns
 from fedsim.data.partition import (
-    FedsimDirichletPartitioner,
     Partition,
     Partitioner,
     heterogeneity,
@@ -13,7 +12,6 @@ from fedsim.data.partition import (
 __all__ = [
     "Dataset",
     "DatasetBundle",
-    "FedsimDirichletPartitioner",
     "Partition",
     "Partitioner",
     "heterogeneity",
