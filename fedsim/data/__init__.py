@@ -1,4 +1,9 @@
-"""Data layer: datasets loaded into memory and partitioned across clients."""
+"""Data layer: datasets loaded into memory and partitioned across clients.
+
+Importing it costs numpy only: Hugging Face datasets, pandas and torch are imported where a
+dataset is built, a table is made or tensors are taken; flwr_datasets only by the shard and
+pathological splits and by `fedsim.data.flower_partitioner`.
+"""
 
 from fedsim.data.datasets import Dataset, DatasetBundle, load_dataset, numpy_columns
 from fedsim.data.partition import (
