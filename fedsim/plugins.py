@@ -15,11 +15,14 @@ Strategies, trainers and models are dataclasses built from their named table (`[
 with no arguments. A registered name may take an argument after a colon when its class says
 what it means (`argument`, e.g. `hf:<name>` for a hub dataset). The built-ins register through
 the same entry-point groups a third-party package uses, so a plugin is a first-class citizen.
-Interfaces are imported only when a plugin of their kind is resolved.
+Interfaces are imported only when a plugin of their kind is resolved. `fedsim list` reads each
+class's docstring and `argument` from its module's source without running it (so without torch);
+a class the source does not define by a plain `class` statement (a re-export) is imported.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import importlib.util
@@ -78,23 +81,59 @@ def _registered(kind: Kind) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in sorted(entry_points(group=kind.group), key=lambda e: e.name)}
 
 
-def _summary(obj: Any) -> str:
-    doc = (obj.__doc__ or "").strip().splitlines()
-    return doc[0] if doc else ""
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _class_statement(ep: EntryPoint) -> ast.ClassDef | None:
+    """The top-level `class` statement of the class `ep` names, parsed from its module's source.
+
+    Only the parent packages are imported (to find the file). None when the module is not found
+    or not a Python source file, or defines the name some other way (importing it tells why).
+    """
+    spec = importlib.util.find_spec(ep.module)
+    if spec is None or not (spec.origin or "").endswith(".py"):
+        return None
+    tree = ast.parse(Path(spec.origin).read_bytes(), filename=spec.origin)
+    return next((node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == ep.attr), None)
+
+
+def _assigned_string(statement: ast.ClassDef, name: str) -> str:
+    """The string literal a class body assigns to `name` (`argument = "name"`), else ""."""
+    for node in statement.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        named = any(isinstance(target, ast.Name) and target.id == name for target in targets)
+        if named and isinstance(node.value, ast.Constant):
+            return node.value.value
+    return ""
+
+
+def _description(ep: EntryPoint) -> tuple[str, str]:
+    """(argument, first docstring line) of the class `ep` names: from its source, else by importing it."""
+    statement = _class_statement(ep)
+    if statement is None:
+        cls = ep.load()
+        return getattr(cls, "argument", ""), _first_line(cls.__doc__)
+    return _assigned_string(statement, "argument"), _first_line(ast.get_docstring(statement))
 
 
 def listing(kind: str) -> list[Listing]:
-    """The registered plugins of a kind, by name."""
+    """The registered plugins of a kind, by name, described without importing them where possible."""
     rows = []
     for name, ep in _registered(KINDS[kind]).items():
         source = ep.dist.name if ep.dist is not None else "?"
         try:
-            cls = ep.load()
+            argument, description = _description(ep)
         except Exception as err:  # a broken third-party plugin must not break `fedsim list`
             rows.append(Listing(name, f"(failed to load: {err})", source))
             continue
-        argument = getattr(cls, "argument", "")
-        rows.append(Listing(f"{name}:<{argument}>" if argument else name, _summary(cls), source))
+        rows.append(Listing(f"{name}:<{argument}>" if argument else name, description, source))
     return rows
 
 
