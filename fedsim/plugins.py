@@ -37,6 +37,9 @@ from fedsim.config import BACKENDS, NAMED_TABLES, Config, PluginTable, build_sec
 from fedsim.errors import ConfigError
 
 
+FILE_PLUGIN_PREFIX = "fedsim_plugin_"  # + the file stem: the module name of a `file.py:Class` plugin
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of plugin: how the config names it, where it registers, what it implements."""
@@ -161,7 +164,7 @@ def _load_from_file(path: str, attr: str) -> Any:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"plugin file '{path}' not found")
-    spec = importlib.util.spec_from_file_location(f"fedsim_plugin_{file.stem}", file)
+    spec = importlib.util.spec_from_file_location(f"{FILE_PLUGIN_PREFIX}{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and type hints resolve names through it
     try:
@@ -169,7 +172,6 @@ def _load_from_file(path: str, attr: str) -> Any:
     except Exception as err:
         del sys.modules[spec.name]
         raise ConfigError(f"plugin file '{path}' {import_failure(err, file)}") from None
-    _ship_by_value(module)
     return getattr(module, attr, None)
 
 
@@ -182,13 +184,15 @@ def import_failure(err: Exception, file: Path | None = None) -> str:
     return f"failed to import{where}: {type(err).__name__}: {err}"
 
 
-def _ship_by_value(module) -> None:
-    """A file plugin cannot be imported by name in Ray worker processes: send its code along."""
-    try:
-        from ray import cloudpickle
-    except ImportError:  # without Ray there are no worker processes to ship it to
-        return
-    cloudpickle.register_pickle_by_value(module)
+def ship_file_plugins() -> None:
+    """Make Ray pickle the file plugins loaded so far by value: its worker processes cannot import
+    a `file.py:Class` by name. The backends that start Ray call it, so a file plugin on any other
+    backend does not import Ray (2 s)."""
+    from ray import cloudpickle
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith(FILE_PLUGIN_PREFIX):
+            cloudpickle.register_pickle_by_value(module)
 
 
 def plugin_class(kind: str, name: str) -> type:
