@@ -62,6 +62,7 @@ from fedsim.config import Config, config_from_dict
 from fedsim.errors import ConfigError, FedsimError, TrainingDiverged, plugin_code
 from fedsim.federation import build_federation
 from fedsim.local import ClientUpdate
+from fedsim.plugins import ship_file_plugins
 from fedsim.strategy import State
 from fedsim.trainer import join_state, split_state
 from fedsim.tree import Params
@@ -307,6 +308,7 @@ class FlowerBackend(Backend):
         # Flower's own notices (its deprecation of `run_simulation`) mean nothing to a fedsim user;
         # its errors still show, coloured only on a terminal
         update_console_handler(level=logging.ERROR, colored=sys.stderr.isatty())
+        ship_file_plugins()
         task_ref = ray.put(replace(task, device=torch.device("cuda") if cuda else task.device))
         handover: queue.Queue[Grid | None] = queue.Queue()
         server = ServerApp()

@@ -15,11 +15,14 @@ Strategies, trainers and models are dataclasses built from their named table (`[
 with no arguments. A registered name may take an argument after a colon when its class says
 what it means (`argument`, e.g. `hf:<name>` for a hub dataset). The built-ins register through
 the same entry-point groups a third-party package uses, so a plugin is a first-class citizen.
-Interfaces are imported only when a plugin of their kind is resolved.
+Interfaces are imported only when a plugin of their kind is resolved. `fedsim list` reads each
+class's docstring and `argument` from its module's source without running it (so without torch);
+a class the source does not define by a plain `class` statement (a re-export) is imported.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import importlib.util
@@ -32,6 +35,9 @@ from typing import Any
 
 from fedsim.config import BACKENDS, NAMED_TABLES, Config, PluginTable, build_section, closest
 from fedsim.errors import ConfigError
+
+
+FILE_PLUGIN_PREFIX = "fedsim_plugin_"  # + the file stem: the module name of a `file.py:Class` plugin
 
 
 @dataclass(frozen=True)
@@ -78,23 +84,59 @@ def _registered(kind: Kind) -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in sorted(entry_points(group=kind.group), key=lambda e: e.name)}
 
 
-def _summary(obj: Any) -> str:
-    doc = (obj.__doc__ or "").strip().splitlines()
-    return doc[0] if doc else ""
+def _first_line(doc: str | None) -> str:
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _class_statement(ep: EntryPoint) -> ast.ClassDef | None:
+    """The top-level `class` statement of the class `ep` names, parsed from its module's source.
+
+    Only the parent packages are imported (to find the file). None when the module is not found
+    or not a Python source file, or defines the name some other way (importing it tells why).
+    """
+    spec = importlib.util.find_spec(ep.module)
+    if spec is None or not (spec.origin or "").endswith(".py"):
+        return None
+    tree = ast.parse(Path(spec.origin).read_bytes(), filename=spec.origin)
+    return next((node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == ep.attr), None)
+
+
+def _assigned_string(statement: ast.ClassDef, name: str) -> str:
+    """The string literal a class body assigns to `name` (`argument = "name"`), else ""."""
+    for node in statement.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        named = any(isinstance(target, ast.Name) and target.id == name for target in targets)
+        if named and isinstance(node.value, ast.Constant):
+            return node.value.value
+    return ""
+
+
+def _description(ep: EntryPoint) -> tuple[str, str]:
+    """(argument, first docstring line) of the class `ep` names: from its source, else by importing it."""
+    statement = _class_statement(ep)
+    if statement is None:
+        cls = ep.load()
+        return getattr(cls, "argument", ""), _first_line(cls.__doc__)
+    return _assigned_string(statement, "argument"), _first_line(ast.get_docstring(statement))
 
 
 def listing(kind: str) -> list[Listing]:
-    """The registered plugins of a kind, by name."""
+    """The registered plugins of a kind, by name, described without importing them where possible."""
     rows = []
     for name, ep in _registered(KINDS[kind]).items():
         source = ep.dist.name if ep.dist is not None else "?"
         try:
-            cls = ep.load()
+            argument, description = _description(ep)
         except Exception as err:  # a broken third-party plugin must not break `fedsim list`
             rows.append(Listing(name, f"(failed to load: {err})", source))
             continue
-        argument = getattr(cls, "argument", "")
-        rows.append(Listing(f"{name}:<{argument}>" if argument else name, _summary(cls), source))
+        rows.append(Listing(f"{name}:<{argument}>" if argument else name, description, source))
     return rows
 
 
@@ -122,7 +164,7 @@ def _load_from_file(path: str, attr: str) -> Any:
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"plugin file '{path}' not found")
-    spec = importlib.util.spec_from_file_location(f"fedsim_plugin_{file.stem}", file)
+    spec = importlib.util.spec_from_file_location(f"{FILE_PLUGIN_PREFIX}{file.stem}", file)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses and type hints resolve names through it
     try:
@@ -130,7 +172,6 @@ def _load_from_file(path: str, attr: str) -> Any:
     except Exception as err:
         del sys.modules[spec.name]
         raise ConfigError(f"plugin file '{path}' {import_failure(err, file)}") from None
-    _ship_by_value(module)
     return getattr(module, attr, None)
 
 
@@ -143,13 +184,15 @@ def import_failure(err: Exception, file: Path | None = None) -> str:
     return f"failed to import{where}: {type(err).__name__}: {err}"
 
 
-def _ship_by_value(module) -> None:
-    """A file plugin cannot be imported by name in Ray worker processes: send its code along."""
-    try:
-        from ray import cloudpickle
-    except ImportError:  # without Ray there are no worker processes to ship it to
-        return
-    cloudpickle.register_pickle_by_value(module)
+def ship_file_plugins() -> None:
+    """Make Ray pickle the file plugins loaded so far by value: its worker processes cannot import
+    a `file.py:Class` by name. The backends that start Ray call it, so a file plugin on any other
+    backend does not import Ray (2 s)."""
+    from ray import cloudpickle
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith(FILE_PLUGIN_PREFIX):
+            cloudpickle.register_pickle_by_value(module)
 
 
 def plugin_class(kind: str, name: str) -> type:

@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 from flwr_datasets import FederatedDataset
 
-from fedsim.data import (
-    FedsimDirichletPartitioner,
-    heterogeneity,
-    load_dataset,
-    partition_dataset,
-    partition_table,
-)
+from fedsim.data import heterogeneity, load_dataset, partition_dataset, partition_table
+from fedsim.data.flower_partitioner import FedsimDirichletPartitioner
 from fedsim.errors import ConfigError
 from fedsim.plugins import available
 

@@ -7,7 +7,16 @@ import pytest
 from fedsim.data import load_dataset, partition_dataset
 from fedsim.errors import ConfigError
 from fedsim.models import build_model
-from fedsim.plugins import KINDS, available, available_strategies, build_named, build_strategy, plugin_class, strategy_class
+from fedsim.plugins import (
+    KINDS,
+    available,
+    available_strategies,
+    build_named,
+    build_strategy,
+    listing,
+    plugin_class,
+    strategy_class,
+)
 from strategies.fedavg import FedAvg
 
 PLUGIN = '''
@@ -174,3 +183,27 @@ def test_fedsim_list_shows_an_installed_plugin_and_its_distribution(tmp_path):
     for title in ("strategies", "trainers", "models", "datasets", "partitioners", "backends"):
         assert f"{title} (" in proc.stdout
     assert "hf:<name>" in proc.stdout and "dirichlet" in proc.stdout
+
+
+def test_listing_reads_classes_from_their_source_and_imports_only_what_it_cannot_read(tmp_path, monkeypatch):
+    (tmp_path / "never_run.py").write_text(
+        'raise ImportError("fedsim list must not run this module")\n\n\n'
+        'class Read:\n    """Described from the source."""\n\n    argument: str = "spec"\n'
+    )
+    (tmp_path / "re_export.py").write_text("from fedsim.data.partition import IID as Again\n")
+    (tmp_path / "broken_source.py").write_text("class Broken(:\n")
+    info = tmp_path / "fedsim_listing_test-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fedsim-listing-test\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[fedsim.partitioners]\nread = never_run:Read\nagain = re_export:Again\n"
+        "broken = broken_source:Broken\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = {row.name: row for row in listing("partitioner")}
+    assert rows["read:<spec>"].description == "Described from the source."
+    assert rows["again"].description == "Uniform: a seeded shuffle cut into equal parts."
+    broken = rows["broken"].description
+    assert broken.startswith("(failed to load:") and "broken_source.py, line 1" in broken
+    assert {rows[name].source for name in ("read:<spec>", "again", "broken")} == {"fedsim-listing-test"}
+    assert "never_run" not in sys.modules and "broken_source" not in sys.modules

@@ -30,6 +30,7 @@ from fedsim.backends.collect import RoundCollector
 from fedsim.backends.vectorized import vectorizable_model
 from fedsim.config import EngineConfig
 from fedsim.errors import ConfigError, FedsimError, TrainingDiverged
+from fedsim.plugins import ship_file_plugins
 from fedsim.strategy import State
 
 STARTUP_TIMEOUT_S = 300  # an actor that cannot be placed or built in this time is an error, not a hang
@@ -180,6 +181,7 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             self._start_local(size)
         device = torch.device("cuda") if task.device.type == "cuda" else task.device  # Ray picks the GPU
+        ship_file_plugins()
         self.worker_args = (
             ray.put(replace(task, client_data=[], unlabelled_data=[], device=device)),
             ray.put([(x.numpy(), y.numpy()) for x, y in task.client_data]),  # once, read zero-copy

@@ -1,8 +1,12 @@
-"""Data layer: datasets loaded into memory and partitioned across clients."""
+"""Data layer: datasets loaded into memory and partitioned across clients.
+
+Importing it costs numpy only: Hugging Face datasets, pandas and torch are imported where a
+dataset is built, a table is made or tensors are taken; flwr_datasets only by the shard and
+pathological splits and by `fedsim.data.flower_partitioner`.
+"""
 
 from fedsim.data.datasets import Dataset, DatasetBundle, load_dataset, numpy_columns
 from fedsim.data.partition import (
-    FedsimDirichletPartitioner,
     Partition,
     Partitioner,
     heterogeneity,
@@ -13,7 +17,6 @@ from fedsim.data.partition import (
 __all__ = [
     "Dataset",
     "DatasetBundle",
-    "FedsimDirichletPartitioner",
     "Partition",
     "Partitioner",
     "heterogeneity",

@@ -8,27 +8,33 @@ name it as ``data.partitioner = "package.module:Class"`` / ``"path/to/file.py:Cl
 built-ins below register the same way.
 
 Shard and pathological splits are Flower Datasets' partitioners, so a Flower user gets the same
-split with the same seed. Dirichlet is fedsim's own ``Partitioner`` subclass, because Flower's
-``DirichletPartitioner`` redraws the whole split until every client has ``min_partition_size``
-samples, and at small alpha gives up after its retry limit. IID, quantity skew and
-natural splits are a few lines of numpy: Flower's IID and size partitioners cut contiguous,
-unshuffled blocks (no seed), and its natural-id partitioner loops in Python behind a progress bar.
+split with the same seed; flwr_datasets (2 s to import) is imported only when one of them runs.
+Dirichlet is fedsim's own split, because Flower's ``DirichletPartitioner`` redraws the whole
+split until every client has ``min_partition_size`` samples, and at small alpha gives up after
+its retry limit; `fedsim.data.flower_partitioner` offers the same split as a Flower Datasets
+partitioner. IID, quantity skew and natural splits are a few lines of numpy: Flower's IID and
+size partitioners cut contiguous, unshuffled blocks (no seed), and its natural-id partitioner
+loops in Python behind a progress bar.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
-import pandas as pd
-from flwr_datasets import partitioner as flwr
 
 from fedsim.config import DataConfig, build_section
 from fedsim.data.datasets import numpy_columns
 from fedsim.errors import ConfigError
 from fedsim.plugins import make
+
+if TYPE_CHECKING:
+    import datasets
+    import pandas as pd
+    from flwr_datasets.partitioner import Partitioner as FlowerPartitioner
+
 
 @dataclass(frozen=True)
 class Partition:
@@ -40,69 +46,6 @@ class Partition:
 
     indices: list[np.ndarray]
     moved: int = 0
-
-
-class FedsimDirichletPartitioner(flwr.Partitioner):
-    """Dirichlet label skew that never fails and never leaves a client below min_partition_size.
-
-    For each class, client proportions are drawn from Dir(alpha) (with ``self_balancing``, clients
-    already holding their balanced share get none of the next class) and the shuffled class indices
-    are cut by the cumulative proportions. Then, while a client has fewer than
-    ``min_partition_size`` samples, a random sample moves to it from the currently largest client.
-    The whole split is one seeded pass: no redrawing until a lucky draw.
-    """
-
-    def __init__(
-        self,
-        num_partitions: int,
-        partition_by: str,
-        alpha: float,
-        min_partition_size: int = 2,
-        seed: int = 42,
-        self_balancing: bool = False,
-    ) -> None:
-        super().__init__()
-        _check_scalars(num_partitions, alpha, min_partition_size)
-        self._num_partitions = num_partitions
-        self._partition_by = partition_by
-        self._alpha = alpha
-        self._min_partition_size = min_partition_size
-        self._seed = seed
-        self._self_balancing = self_balancing
-        self._split: tuple[list[np.ndarray], int] | None = None
-
-    @property
-    def num_partitions(self) -> int:
-        """Total number of partitions."""
-        return self._num_partitions
-
-    @property
-    def partition_indices(self) -> list[np.ndarray]:
-        """Sorted dataset indices of each partition (computed on first use)."""
-        return self._computed()[0]
-
-    @property
-    def moved(self) -> int:
-        """Samples moved by the minimum-size repair."""
-        return self._computed()[1]
-
-    def load_partition(self, partition_id: int) -> datasets.Dataset:
-        """The rows of partition ``partition_id`` as a Dataset."""
-        return self.dataset.select(self.partition_indices[partition_id])
-
-    def _computed(self) -> tuple[list[np.ndarray], int]:
-        if self._split is None:
-            labels = numpy_columns(self.dataset, self._partition_by)[self._partition_by]
-            _check_capacity(len(labels), self._num_partitions, self._min_partition_size)
-            self._split = _dirichlet_split(
-                labels,
-                self._num_partitions,
-                self._alpha,
-                self._min_partition_size,
-                np.random.default_rng(self._seed),
-                self._self_balancing,
-            )
-        return self._split
 
 
 class Partitioner:
@@ -133,11 +76,13 @@ class Dirichlet(Partitioner):
     """Label skew: per class, client shares ~ Dir(alpha); repaired so no client is below min size."""
 
     def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
-        partitioner = FedsimDirichletPartitioner(
-            num_clients, "label", data.alpha, min_partition_size=data.min_partition_size, seed=seed
+        _check_scalars(num_clients, data.alpha, data.min_partition_size)
+        labels = numpy_columns(train, "label")["label"]
+        _check_capacity(len(labels), num_clients, data.min_partition_size)
+        indices, moved = _dirichlet_split(
+            labels, num_clients, data.alpha, data.min_partition_size, np.random.default_rng(seed), False
         )
-        partitioner.dataset = train
-        return Partition(partitioner.partition_indices, partitioner.moved)
+        return Partition(indices, moved)
 
 
 class IID(Partitioner):
@@ -174,7 +119,9 @@ class Shard(Partitioner):
                 f"shard split needs {num_clients * data.shards_per_client} shards (num_clients x "
                 f"shards_per_client) but the train split has only {len(labels)} samples"
             )
-        flower = flwr.ShardPartitioner(
+        from flwr_datasets.partitioner import ShardPartitioner
+
+        flower = ShardPartitioner(
             num_clients, "label", num_shards_per_partition=data.shards_per_client, seed=seed
         )
         return _checked(_sorted(_flower_split(flower, labels, "shard", num_clients)), data.min_partition_size, "shard")
@@ -191,7 +138,9 @@ class Pathological(Partitioner):
                 f"classes_per_client must be between 1 and {num_classes} (the classes in the train split), "
                 f"got {data.classes_per_client}"
             )
-        flower = flwr.PathologicalPartitioner(
+        from flwr_datasets.partitioner import PathologicalPartitioner
+
+        flower = PathologicalPartitioner(
             num_clients, "label", data.classes_per_client, class_assignment_mode="first-deterministic", seed=seed
         )
         partition = _sorted(_flower_split(flower, labels, "pathological", num_clients))
@@ -215,6 +164,8 @@ def _checked(partition: Partition, min_partition_size: int, name: str) -> Partit
 
 def partition_table(partition: Partition, labels: np.ndarray, num_classes: int) -> pd.DataFrame:
     """One row per client: ``client``, ``num_samples`` and the count of each label ``label_<c>``."""
+    import pandas as pd
+
     counts = _label_counts(partition, labels, num_classes)
     table = pd.DataFrame(counts, columns=[f"label_{c}" for c in range(num_classes)])
     table.insert(0, "num_samples", counts.sum(axis=1))
@@ -341,8 +292,10 @@ def _natural_split(train: datasets.Dataset, num_clients: int) -> list[np.ndarray
     return np.split(order, np.cumsum(np.bincount(inverse, minlength=num_clients))[:-1])
 
 
-def _flower_split(partitioner: flwr.Partitioner, labels: np.ndarray, name: str, num_clients: int) -> list[np.ndarray]:
+def _flower_split(partitioner: FlowerPartitioner, labels: np.ndarray, name: str, num_clients: int) -> list[np.ndarray]:
     """Run Flower's shard or pathological partitioner on a (label, index) table; return the indices."""
+    import datasets
+
     partitioner.dataset = datasets.Dataset.from_dict({"label": labels, "index": np.arange(len(labels))})
     try:
         with warnings.catch_warnings():
