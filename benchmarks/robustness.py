@@ -1,12 +1,13 @@
 """Robust aggregation under Byzantine clients: final test accuracy against the share of attackers.
 
     python -m benchmarks.robustness                 # 5 rules x 4 attacks x 0-30% attackers, 3 seeds
+    python -m benchmarks.robustness --alpha 100     # the same near IID
     python -m benchmarks.robustness --seeds 1       # a quick look
 
 Runs `experiments/robustness.toml` as two sweeps (resumable: rerun to finish): every rule without
 attackers, and every rule against every attack at 10, 20 and 30% attackers. The table gives the
 final test accuracy, mean ± std over seeds, per rule and attack. Written to
-`benchmarks/results/robustness.md` and `.json`.
+`benchmarks/results/robustness_alpha<alpha>.md` and `.json`.
 """
 
 from __future__ import annotations
@@ -30,18 +31,20 @@ NAMES = {"fedavg": "FedAvg", "fedmedian": "median", "fedtrimmedavg": "trimmed me
 
 def sweep(out: Path, args: argparse.Namespace, *grid: str) -> None:
     command = [sys.executable, "-m", "fedsim.cli", "sweep", str(CONFIG), "--grid", f"strategy.name={','.join(RULES)}",
-               *grid, "--seeds", str(args.seeds), "--out", str(out), "-j", str(args.jobs)]
+               *grid, "--set", f"data.alpha={args.alpha:g}", "--seeds", str(args.seeds), "--out", str(out),
+               "-j", str(args.jobs)]
     subprocess.run(command, check=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet label skew")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--work", type=Path, default=ROOT / "sweeps" / "robustness", help="sweep folders")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "robustness")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="results folder")
     args = parser.parse_args()
-    honest, attacked = args.work / "honest", args.work / "attacked"
+    honest, attacked = args.work / f"alpha{args.alpha:g}-honest", args.work / f"alpha{args.alpha:g}-attacked"
     sweep(honest, args)
     sweep(attacked, args, "--grid", f"attack.name={','.join(ATTACKS)}",
           "--grid", f"attack.fraction={','.join(map(str, FRACTIONS))}")
@@ -56,8 +59,9 @@ def main() -> None:
     lines = [
         "# Robust aggregation under Byzantine clients",
         "",
-        f"`python -m benchmarks.robustness --seeds {args.seeds}` ({CONFIG.relative_to(ROOT)}: digits, 30 clients, "
-        "Dirichlet 0.5, every client every round, 20 rounds of 1 local epoch, an MLP). Final test accuracy, "
+        f"`python -m benchmarks.robustness --alpha {args.alpha:g} --seeds {args.seeds}` ({CONFIG.relative_to(ROOT)}: "
+        f"digits, 30 clients, Dirichlet {args.alpha:g}, every client every round, 20 rounds of 1 local epoch, an "
+        "MLP). Final test accuracy, "
         "mean ± std over seeds, by the share of clients that attack.",
         "",
         "| attack | rule | " + " | ".join(f"{f:.0%} attackers" for f in fractions) + " |",
@@ -71,8 +75,9 @@ def main() -> None:
             lines.append(f"| {attack} | {NAMES[rule]} | " + " | ".join(mean_std(v) for v in values) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    out = args.out / f"robustness_alpha{args.alpha:g}"
+    out.with_suffix(".md").write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -109,9 +109,11 @@ class Simulation:
             + (DISTRIBUTION_COLUMNS if self.client_test_sets else [])
             + (PERSONAL_COLUMNS if self.personal else [])
             + list(self.trainer.metric_columns)
+            + list(self.strategy.metric_columns)
         )
         self.model_state_bytes = model_state_bytes(self.model, momentum=config.train.momentum > 0)
         self.server_state = self.strategy.init_server_state(self.params)
+        self.round_info: RoundInfo | None = None  # of the latest server update
         self.client_states = ClientStateStore()
         self.history = History()
         self.round = 0
@@ -174,9 +176,11 @@ class Simulation:
             uploads=output.uploads,
             num_samples=[r.num_samples for r in output.reports] if output.uploads is not None else None,
         )
-        info = RoundInfo(plan.round, plan.lr, self.config.data.num_clients, len(output.reports))
+        self.round_info = RoundInfo(
+            plan.round, plan.lr, self.config.data.num_clients, len(output.reports), self.config.seed
+        )
         self.params, self.server_state = self.strategy.server_update(
-            self.params, self.server_state, aggregate, info
+            self.params, self.server_state, aggregate, self.round_info
         )
         weights = np.array([r.num_samples for r in output.reports], dtype=float)
         losses = np.array([r.loss for r in output.reports])
@@ -311,9 +315,10 @@ class Simulation:
                         "peak_cuda_bytes": max(r.peak_cuda_bytes for r in output.reports),
                     }
                     record.update(self.evaluation_metrics())
-                    if self.trainer.metric_columns:
+                    if self.trainer.metric_columns or self.strategy.metric_columns:
                         with plugin_code(round_):
                             record.update(self.trainer.round_metrics(output.reports, self.hidden_labels))
+                            record.update(self.strategy.round_metrics(self.round_info))
                     self.history.records.append(record)
                     warning = self.watch(record)
                     for cb in self.callbacks:

@@ -77,6 +77,7 @@ class RoundInfo:
     lr: float
     num_clients: int  # N, all clients of the federation
     cohort_size: int  # clients whose uploads arrived this round
+    seed: int  # the run's seed: server-side randomness (DP noise) draws from fedsim.seeding with it
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Strategy:
 
     name: ClassVar[str] = "fedavg"
     needs_all_uploads: ClassVar[bool] = False
+    metric_columns: ClassVar[tuple[str, ...]] = ()  # extra metrics.csv columns (`round_metrics`)
 
     def validate(self) -> None:
         """Raise `ConfigError` for hyperparameter values that make no sense."""
@@ -154,3 +156,8 @@ class Strategy:
     def upload_weights(self, num_samples: int) -> dict[str, float]:
         """Weight of this client's upload in each field's mean."""
         return {"delta": float(num_samples)}
+
+    def round_metrics(self, info: RoundInfo) -> dict[str, float]:
+        """Values of `metric_columns` after the server update of round `info.round` (e.g. the
+        privacy spent so far)."""
+        return {}

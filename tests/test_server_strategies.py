@@ -51,7 +51,7 @@ def server_round(strategy, params, state, clients, round_):
         total.add(upload, strategy.upload_weights(n))
     aggregate = Aggregate(total.means(torch.float64), uploads if strategy.needs_all_uploads else None,
                           [n for _, n in clients])
-    info = RoundInfo(round_, 0.1, len(clients), len(clients))
+    info = RoundInfo(round_, 0.1, len(clients), len(clients), 0)
     return strategy.server_update(params, state, aggregate, info)
 
 
@@ -174,7 +174,7 @@ def one_coordinate_round(strategy, deltas, sizes):
     uploads = [{"delta": {"w": torch.tensor([d], dtype=torch.float64)}} for d in deltas]
     aggregate = Aggregate({}, uploads, list(sizes))
     params, _ = strategy.server_update({"w": torch.zeros(1, dtype=torch.float64)}, {}, aggregate,
-                                       RoundInfo(1, 0.1, len(deltas), len(deltas)))
+                                       RoundInfo(1, 0.1, len(deltas), len(deltas), 0))
     return float(params["w"])
 
 

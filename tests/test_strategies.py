@@ -64,7 +64,7 @@ def run_round(strategy, params, server_state, clients, *, steps, num_clients=Non
         results[cid] = result
     aggregate = Aggregate(total.means(torch.float64), uploads if strategy.needs_all_uploads else None,
                           [r.num_samples for r in results.values()])
-    info = RoundInfo(round_, lr, num_clients or len(clients), len(clients))
+    info = RoundInfo(round_, lr, num_clients or len(clients), len(clients), 0)
     params, server_state = strategy.server_update(params, server_state, aggregate, info)
     return params, server_state, results
 
@@ -114,7 +114,7 @@ def test_fedavgm_matches_flwr_fedavgm_aggregate_fit():
         total = WeightedSum()
         for y, n in clients:
             total.add({"delta": tree.sub(params, y)}, ours.upload_weights(n))
-        info = RoundInfo(round_, LR, 3, 3)
+        info = RoundInfo(round_, LR, 3, 3, 0)
         params, state = ours.server_update(params, state, Aggregate(total.means(torch.float64)), info)
         for got, want in zip(params.values(), parameters_to_ndarrays(expected)):
             torch.testing.assert_close(got, torch.from_numpy(want))
@@ -341,7 +341,7 @@ def test_fedld_server_update_plain_mean_first_then_revised_without_nan():
     for up in uploads:
         total.add(up, strategy.upload_weights(10))
     aggregate = Aggregate(total.means(), uploads, [10, 10, 10])
-    info = RoundInfo(1, LR, 10, 3)  # a cohort of 3 out of 10 clients
+    info = RoundInfo(1, LR, 10, 3, 0)  # a cohort of 3 out of 10 clients
     state = strategy.init_server_state(params)
     first, state = strategy.server_update(params, state, aggregate, info)
     close(first, tree.sub(params, aggregate.means["delta"]))
@@ -380,7 +380,7 @@ def test_fednova_round_matches_the_papers_rule(rho):
                            LocalSchedule(epochs=1, steps=steps[cid], batch_size=100), client_id=cid,
                            trainer=trainer)
         total.add(result.upload, strategy.upload_weights(result.num_samples))
-    got, _ = strategy.server_update(x, {}, Aggregate(total.means(torch.float64)), RoundInfo(1, LR, 2, 2))
+    got, _ = strategy.server_update(x, {}, Aggregate(total.means(torch.float64)), RoundInfo(1, LR, 2, 2, 0))
     # by hand: a_i is the sum of the weights momentum SGD gives the tau_i gradients
     weights = {c: sum((1 - rho ** (steps[c] - k)) / (1 - rho) if rho else 1.0 for k in range(steps[c])) for c in steps}
     p = {0: 2 / 5, 1: 3 / 5}
