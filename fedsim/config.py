@@ -161,7 +161,8 @@ class AttackConfig:
     """Byzantine clients (fedsim.attacks): a seeded share of the federation that attacks."""
 
     name: str = option("none", choices=ATTACKS)
-    fraction: float = option(0.0, ge=0, lt=1)  # share of all clients that are Byzantine, chosen once per run
+    # share of all clients that are Byzantine, chosen once per run; a majority no rule can outvote
+    fraction: float = option(0.0, ge=0, lt=0.5)
     scale: float = option(10.0, gt=0)  # "scaled": the factor a Byzantine client boosts its update by
     std: float = option(1.0, gt=0)  # "gaussian": std of the noise a Byzantine client sends as its update
 

@@ -89,7 +89,7 @@ def test_every_attack_runs_the_same_on_vectorized_and_changes_fedavgs_model(name
     [(("attack.name=sign_flip",), "attack.name='sign_flip' needs attack.fraction > 0"),
      (("attack.fraction=0.2",), "attack.fraction > 0 needs an attack.name"),
      (("attack.name=backdoor", "attack.fraction=0.2"), "attack.name must be one of none, sign_flip"),
-     (("attack.name=scaled", "attack.fraction=1"), r"attack.fraction must be in \[0, 1\)")],
+     (("attack.name=scaled", "attack.fraction=0.5"), r"attack.fraction must be in \[0, 0.5\)")],
 )
 def test_attack_settings_are_checked_before_any_work(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -55,3 +55,50 @@ def test_a_dp_run_writes_epsilon_every_round_and_agrees_on_vectorized(tmp_path):
     vectorized.run()
     for k, want in sim.params.items():
         assert float((vectorized.params[k] - want).norm()) <= 1e-5 * float(want.norm()) + 1e-7
+
+
+# ---------------------------------------------------------------------------- local DP-SGD
+
+
+def test_a_dp_sgd_step_is_opacus_dp_optimizers_step_under_the_same_generator():
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    from clients.dp_sgd import private_grad_fn
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    x, y = 3 * torch.randn(6, 4), torch.randint(0, 3, (6,))
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    clip, sigma, lr = 0.5, 0.8, 0.1
+    grad_fn = private_grad_fn(net, torch.nn.functional.cross_entropy, clip, sigma, torch.Generator().manual_seed(7))
+    loss, noised = grad_fn(params, (x, y))
+    ours = {k: params[k] - lr * noised[k] for k in params}
+
+    reference = GradSampleModule(net)
+    optimiser = DPOptimizer(torch.optim.SGD(reference.parameters(), lr=lr), noise_multiplier=sigma, max_grad_norm=clip,
+                            expected_batch_size=6, generator=torch.Generator().manual_seed(7))
+    optimiser.zero_grad()
+    torch.nn.functional.cross_entropy(reference(x), y).backward()
+    optimiser.step()
+    for k, v in net.named_parameters():
+        torch.testing.assert_close(ours[k], v.detach(), rtol=0, atol=1e-6)
+    before = torch.nn.functional.cross_entropy(torch.func.functional_call(net, params, (x,)), y)
+    assert float(loss) == pytest.approx(float(before), rel=1e-6)  # the mean of the per-sample losses
+
+
+def test_dp_sgd_reruns_identically_and_is_refused_on_vectorized():
+    from fedsim.errors import ConfigError
+    from fedsim.validate import validate
+
+    overrides = ("trainer.name=dp_sgd", "trainer.noise_multiplier=0.5", "train.rounds=2", "engine.threads=1")
+    sim = Simulation(small_config(*overrides))
+    sim.run()
+    again = Simulation(small_config(*overrides))
+    again.run()
+    assert all(torch.equal(sim.params[k], again.params[k]) for k in sim.params)  # seeded noise: reruns agree
+    plain = Simulation(small_config("train.rounds=2", "engine.threads=1"))
+    plain.run()
+    assert all(not torch.equal(sim.params[k], plain.params[k]) for k in sim.params)
+    with pytest.raises(ConfigError, match="one client at a time.*set engine.backend=serial"):
+        validate(small_config(*overrides, "engine.backend=vectorized"))
