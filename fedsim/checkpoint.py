@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from fedsim.client_state import flatten, unflatten
+from fedsim.client_state import flatten, fsync_dir, unflatten, write_durably
 from fedsim.config import Config, config_from_dict
 from fedsim.engine import Callback, Simulation, SimulationState
 from fedsim.errors import ConfigError
@@ -63,17 +63,17 @@ def save_checkpoint(run_dir: str | Path, state: SimulationState, config: Config)
     staging = root / f".{final.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    _write_durably(staging / TENSORS_FILE, save(_flat_tensors(state)))
+    write_durably(staging / TENSORS_FILE, save(_flat_tensors(state)))
     meta = {
         "round": state.round,
         "wall_s": state.wall_s,
         "history": state.history,
         "config": resolved(config).to_toml(),
     }
-    _write_durably(staging / STATE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    write_durably(staging / STATE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in root.iterdir():
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -169,18 +169,3 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif a != b:
             changed.append(prefix + key)
     return changed
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

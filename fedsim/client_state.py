@@ -1,19 +1,44 @@
-"""Engine-owned store of per-client strategy state (SCAFFOLD's c_i, FedSpeed's correction...).
+"""Engine-owned store of per-client state (SCAFFOLD's c_i, FedSpeed's correction, personal models...).
 
-Only clients that have participated take memory. With `directory` set, each client's state
-is a safetensors file there instead of tensors in RAM, for models too big to keep N copies.
+Only clients that have participated have a state. The most recently used states are held in
+RAM, up to `memory_bytes` (0 = no bound); beyond it the least recently used are written to disk
+and dropped from RAM. On disk the states are segments: one safetensors file per write (the
+states a round evicts, or those changed since the last checkpoint), `seg_NNNNNNNN.safetensors`
+with keys `<client id>/<group>/<name>`, found through an index client id -> segment held in RAM.
+Many clients share a file because one small file per client is several times slower to write,
+fsync and read back (benchmarks/client_state.py measures both).
+
+A segment file is never changed once written, so a checkpoint can reference it: `flush()` writes
+the states changed since the last write and returns the index, the checkpoint saves the index, and
+`checkpointed(index)` tells the store which segments to keep until the next checkpoint. A segment
+whose clients all have newer states is deleted unless the newest checkpoint needs it. When the
+files hold more than twice as many states as are live, each write also carries over (as many as
+it writes) survivors of the sparsest segments, so the files stay within about twice the live states.
+
+Files live in `directory` (a run folder's `client_states/`) or, without one, in a temporary
+directory made on the first write. When the store is dropped, or the process exits, it deletes
+its files that no checkpoint references, and the directory once it is empty.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import tempfile
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save
 
 from fedsim.strategy import State
 
 _SEP = "/"
+_SEGMENT = "seg_{:08d}.safetensors"
 
 
 def flatten(state: State) -> dict[str, torch.Tensor]:
@@ -28,37 +53,214 @@ def unflatten(flat: dict[str, torch.Tensor]) -> State:
     return state
 
 
+def state_bytes(state: State) -> int:
+    return sum(t.numel() * t.element_size() for params in state.values() for t in params.values())
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write `data` to `path` and fsync it, so a checkpoint never references a file still in the page cache."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _segment_number(path: Path) -> int | None:
+    match = re.fullmatch(r"seg_(\d+)\.safetensors", path.name)
+    return int(match[1]) if match else None
+
+
+def _delete_unreferenced(directory: Path, files: dict[int, int], pinned: set[int]) -> None:
+    """The store's finalizer: it gets the store's own (mutable) tables, never the store."""
+    for segment in files:
+        if segment not in pinned:
+            (directory / _SEGMENT.format(segment)).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only once it is empty
+
+
 class ClientStateStore:
-    """Mapping client id -> State, in memory or spilled to one safetensors file per client."""
+    """Mapping client id -> State: the recently used in RAM within a byte budget, the rest in segment files."""
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(self, memory_bytes: int = 0, directory: str | Path | None = None) -> None:
+        self.memory_bytes = memory_bytes
         self.directory = Path(directory) if directory else None
-        if self.directory:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        self._memory: dict[int, State] = {}
+        self.resident_bytes = 0  # bytes of the states held in RAM
+        self._memory: OrderedDict[int, State] = OrderedDict()  # least recently used first
+        self._sizes: dict[int, int] = {}  # client id -> bytes of its state in RAM
+        self._dirty: set[int] = set()  # states in RAM that no segment holds
+        self._index: dict[int, int] = {}  # client id -> the segment holding its newest state
+        self._members: dict[int, set[int]] = {}  # segment -> clients whose newest state it holds
+        self._files: dict[int, int] = {}  # segment -> states it holds, live or not, for each file this store keeps
+        self._pinned: set[int] = set()  # segments the newest checkpoint references
+        self._next: int | None = None  # the next segment's number, once the directory is open
 
-    def _path(self, client_id: int) -> Path:
-        return self.directory / f"client_{client_id}.safetensors"
-
+    # ------------------------------------------------------------------ reading
     def get(self, client_id: int) -> State | None:
-        if self.directory is None:
-            return self._memory.get(client_id)
-        path = self._path(client_id)
-        return unflatten(load_file(path)) if path.exists() else None
+        return self.get_many([client_id]).get(client_id)
 
-    def set(self, client_id: int, state: State) -> None:
-        if not state:
-            return
-        state = {g: {k: t.detach().cpu().contiguous() for k, t in p.items()} for g, p in state.items()}
-        if self.directory is None:
-            self._memory[client_id] = state
-        else:
-            save_file(flatten(state), self._path(client_id))
+    def get_many(self, client_ids: Iterable[int]) -> dict[int, State]:
+        """The states of those of `client_ids` that have one; each segment is opened once."""
+        found: dict[int, State] = {}
+        on_disk: dict[int, set[int]] = {}
+        for cid in client_ids:
+            if cid in self._memory:
+                self._memory.move_to_end(cid)
+                found[cid] = self._memory[cid]
+            elif cid in self._index:
+                on_disk.setdefault(self._index[cid], set()).add(cid)
+        for segment, cids in on_disk.items():
+            found.update(self._read(segment, cids))
+        return found
 
     def client_ids(self) -> list[int]:
-        if self.directory is None:
-            return sorted(self._memory)
-        return sorted(int(p.stem.split("_")[1]) for p in self.directory.glob("client_*.safetensors"))
+        return sorted(self._memory.keys() | self._index.keys())
 
     def __len__(self) -> int:
-        return len(self.client_ids())
+        return len(self._memory.keys() | self._index.keys())
+
+    # ------------------------------------------------------------------ writing
+    def set(self, client_id: int, state: State) -> None:
+        self.update({client_id: state})
+
+    def update(self, states: dict[int, State]) -> None:
+        """Keep new states (a round's), then write the least recently used beyond the budget as one segment.
+
+        Each state is copied to the CPU, so it owns its memory and the budget counts what it holds.
+        """
+        for cid, state in states.items():
+            if not state:
+                continue  # stateless strategies store nothing
+            self._forget(cid)
+            own = {g: {k: t.detach().to("cpu", copy=True) for k, t in p.items()} for g, p in state.items()}
+            self._memory[cid], self._sizes[cid] = own, state_bytes(own)
+            self.resident_bytes += self._sizes[cid]
+            self._dirty.add(cid)
+        evicted = {}
+        while self.memory_bytes and self.resident_bytes > self.memory_bytes:
+            cid, state = self._memory.popitem(last=False)
+            self.resident_bytes -= self._sizes.pop(cid)
+            if cid in self._dirty:  # a clean one is on disk already
+                self._dirty.discard(cid)
+                evicted[cid] = state
+        self._write(evicted)
+
+    def flush(self) -> dict[int, int]:
+        """Write the states in RAM that no segment holds, as one segment (they stay in RAM); returns
+        the index, client id -> segment, that with the segment files holds every state."""
+        self._write({cid: state for cid, state in self._memory.items() if cid in self._dirty})
+        self._dirty.clear()
+        return dict(self._index)
+
+    def checkpointed(self, index: dict[int, int]) -> None:
+        """The newest checkpoint references `index` (from `flush`): keep its segments until the next
+        one, and delete those only older checkpoints needed."""
+        self._pinned.clear()
+        self._pinned.update(index.values())
+        for segment in [s for s in self._files if s not in self._members and s not in self._pinned]:
+            self._delete(segment)
+
+    def restore(self, index: dict[int, int]) -> None:
+        """Continue from a checkpoint's `index` of the segment files in this store's directory; the
+        files it does not reference (written after that checkpoint) are deleted on the first write."""
+        self._memory.clear()
+        self._sizes.clear()
+        self._dirty.clear()
+        self.resident_bytes = 0
+        self._index = dict(index)
+        self._members = {}
+        for cid, segment in self._index.items():
+            self._members.setdefault(segment, set()).add(cid)
+        self._files.clear()
+        for segment in self._members:
+            with safe_open(self.directory / _SEGMENT.format(segment), "pt") as f:
+                self._files[segment] = len({key.split(_SEP, 1)[0] for key in f.keys()})
+        self._pinned.clear()
+        self._pinned.update(self._members)
+        self._next = None  # the next write opens the directory again, deleting what the index leaves out
+
+    # ------------------------------------------------------------------ files
+    def _open(self) -> Path:
+        """The segment directory, made on first use. Segment files there that this store does not
+        keep (another run's, or those written after the checkpoint it resumes) are deleted."""
+        if self._next is None:
+            if self.directory is None:
+                self.directory = Path(tempfile.mkdtemp(prefix="fedsim-client-states-"))
+            self.directory.mkdir(parents=True, exist_ok=True)
+            found = {n for n in map(_segment_number, self.directory.iterdir()) if n is not None}
+            for stale in found - self._files.keys():
+                (self.directory / _SEGMENT.format(stale)).unlink(missing_ok=True)
+            self._next = max(found, default=-1) + 1  # past every number a crashed writer may still hold
+            weakref.finalize(self, _delete_unreferenced, self.directory, self._files, self._pinned)
+        return self.directory
+
+    def _read(self, segment: int, client_ids: set[int]) -> dict[int, State]:
+        flat: dict[int, dict[str, torch.Tensor]] = {}
+        with safe_open(self.directory / _SEGMENT.format(segment), "pt") as f:
+            for key in f.keys():
+                cid, name = key.split(_SEP, 1)
+                if int(cid) in client_ids:
+                    flat.setdefault(int(cid), {})[name] = f.get_tensor(key)
+        return {cid: unflatten(tensors) for cid, tensors in flat.items()}
+
+    def _write(self, states: dict[int, State]) -> None:
+        """Write `states`, and survivors of sparse segments, as one new segment and index them there."""
+        if not states:
+            return
+        states = {**self._survivors(len(states)), **states}
+        directory = self._open()
+        segment, self._next = self._next, self._next + 1
+        flat = {f"{cid}{_SEP}{key}": t for cid, state in states.items() for key, t in flatten(state).items()}
+        write_durably(directory / _SEGMENT.format(segment), save(flat))
+        fsync_dir(directory)
+        self._files[segment] = len(states)
+        for cid in states:
+            self._unindex(cid)
+            self._index[cid] = segment
+        self._members[segment] = set(states)
+
+    def _survivors(self, count: int) -> dict[int, State]:
+        """Up to `count` live states from the sparsest segments under half live, once the files
+        hold more than twice as many states as are live; none otherwise."""
+        if sum(self._files[s] for s in self._members) <= 2 * len(self._index):
+            return {}
+        found: dict[int, State] = {}
+        for segment in sorted(self._members, key=lambda s: len(self._members[s]) / self._files[s]):
+            left = count - len(found)
+            if left == 0 or 2 * len(self._members[segment]) >= self._files[segment]:
+                break
+            found.update(self._read(segment, set(sorted(self._members[segment])[:left])))
+        return found
+
+    def _forget(self, client_id: int) -> None:
+        """Drop a client's state from RAM and from the index (a new one replaces it)."""
+        if client_id in self._memory:
+            del self._memory[client_id]
+            self.resident_bytes -= self._sizes.pop(client_id)
+            self._dirty.discard(client_id)
+        self._unindex(client_id)
+
+    def _unindex(self, client_id: int) -> None:
+        """Its segment no longer holds the client's newest state; a segment left with none is
+        deleted unless the newest checkpoint references it."""
+        segment = self._index.pop(client_id, None)
+        if segment is None:
+            return
+        members = self._members[segment]
+        members.discard(client_id)
+        if not members:
+            del self._members[segment]
+            if segment not in self._pinned:
+                self._delete(segment)
+
+    def _delete(self, segment: int) -> None:
+        (self.directory / _SEGMENT.format(segment)).unlink(missing_ok=True)
+        del self._files[segment]
