@@ -1,13 +1,25 @@
 """The client-state store: states beyond the memory budget spill to segment files and read back
-exactly, RAM stays within the budget, and a store restored from a flushed index reads it back."""
+exactly, RAM stays within the budget, checkpoints write only changed states, and runs with a tiny
+budget equal unbounded ones bit for bit."""
 
+import gc
 import random
+import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 
+from fedsim.checkpoint import STATES_DIR, load_checkpoint, prepare_run
 from fedsim.client_state import ClientStateStore, state_bytes
+from fedsim.engine import Callback, Simulation
+from fedsim.errors import ConfigError
+from tests.conftest import small_config
+
+STATE_BYTES = 38440  # the quickstart MLP's parameters: one SCAFFOLD c_i, one Ditto personal model
+TINY = f"engine.client_state_memory={2 * STATE_BYTES + 1}"  # two clients' states of a cohort of five
+PERSONAL = ("data.client_test_fraction=0.25", "data.alpha=0.1")
 
 
 def random_state(seed: int) -> dict:
@@ -74,3 +86,94 @@ def test_a_restored_store_reads_the_checkpointed_states_and_drops_later_files(tm
     resumed.update({7: random_state(7), 8: random_state(8), 9: random_state(9)})  # the first write cleans up
     referenced = {f"seg_{s:08d}.safetensors" for s in index.values()}
     assert referenced <= set(segments(tmp_path)) and not (kept - referenced) & set(segments(tmp_path))
+
+
+def test_without_a_run_folder_the_spill_is_a_temporary_directory_removed_with_the_run():
+    sim = Simulation(small_config("strategy.name=scaffold", "train.fraction=0.5", TINY))
+    sim.run()
+    directory = sim.client_states.directory
+    assert directory.parent == Path(tempfile.gettempdir()) and any(directory.iterdir())
+    del sim
+    gc.collect()
+    assert not directory.exists()
+
+
+def test_a_run_folder_holds_the_spill_and_keeps_only_what_its_checkpoint_references(tmp_path):
+    for run, every in (("plain", 0), ("checkpointed", 2)):
+        sim = prepare_run(small_config("strategy.name=scaffold", "train.fraction=0.5", "train.rounds=3", TINY,
+                                       f"train.checkpoint_every={every}"), tmp_path / run)
+        sim.run()
+        assert sim.client_states.directory == tmp_path / run / STATES_DIR
+        del sim
+        gc.collect()
+    assert not (tmp_path / "plain" / STATES_DIR).exists()
+    config = small_config("strategy.name=scaffold", "train.fraction=0.5", "train.rounds=3", TINY, "train.checkpoint_every=2")
+    index = load_checkpoint(tmp_path / "checkpointed", config).client_states
+    assert set(segments(tmp_path / "checkpointed" / STATES_DIR)) == {f"seg_{s:08d}.safetensors" for s in index.values()}
+
+
+class WithinBudget(Callback):
+    """Checks after every round that the states in RAM add up to at most the budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.spilled = budget, 0
+
+    def on_round_done(self, sim):
+        store = sim.client_states
+        held = sum(state_bytes(s) for s in store._memory.values())
+        assert held == store.resident_bytes <= self.budget
+        self.spilled = max(self.spilled, len(store) - len(store._memory))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [("strategy.name=scaffold", "train.fraction=0.5", "train.rounds=4"),
+     (*PERSONAL, "trainer.name=ditto", "train.fraction=0.5", "train.rounds=4")],
+    ids=["scaffold", "ditto"],
+)
+def test_a_tiny_budget_equals_an_unbounded_run_bit_for_bit(overrides):
+    unbounded = Simulation(small_config(*overrides))
+    unbounded.run()
+    watch = WithinBudget(2 * STATE_BYTES + 1)
+    bounded = Simulation(small_config(*overrides, TINY), [watch])
+    bounded.run()
+    assert watch.spilled > 0  # most states were on disk
+    assert all(torch.equal(bounded.params[k], unbounded.params[k]) for k in unbounded.params)
+    assert bounded.history.records[-1]["test_loss"] == unbounded.history.records[-1]["test_loss"]
+    if "trainer.name=ditto" in overrides:
+        assert bounded.history.records[-1]["personal_accuracy_mean"] == unbounded.history.records[-1]["personal_accuracy_mean"]
+    assert bounded.client_states.client_ids() == unbounded.client_states.client_ids()
+    for cid in unbounded.client_states.client_ids():
+        assert equal(bounded.client_states.get(cid), unbounded.client_states.get(cid))
+
+
+class SegmentWatch(Callback):
+    """After each checkpoint: the files it added hold exactly the round's cohort, and no older file changed."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.files = directory, {}
+
+    def on_round_done(self, sim):
+        now = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in self.directory.glob("seg_*.safetensors")}
+        assert all(now[name] == stamp for name, stamp in self.files.items() if name in now)
+        added = {name: clients for name, clients in segments(self.directory).items() if name not in self.files}
+        assert list(added.values()) == [set(sim.sample_clients(sim.round))]
+        self.files = now
+
+
+def test_a_checkpoint_writes_only_the_states_changed_since_the_last(tmp_path):
+    config = small_config("strategy.name=scaffold", "train.fraction=0.3", "train.rounds=5", "train.checkpoint_every=1")
+    sim = prepare_run(config, tmp_path)
+    watch = SegmentWatch(tmp_path / STATES_DIR)
+    sim.callbacks.append(watch)  # after the Checkpointer
+    sim.run()
+    assert len(sim.client_states) > 3
+
+
+@pytest.mark.parametrize("value, message", [
+    ("-1", r"^engine.client_state_memory must be >= 0, got -1$"),
+    ("1000", r"^engine.client_state_memory = 1000 bytes cannot hold one client's state \(38440 bytes\); raise it, or set 0 for no bound$"),
+])
+def test_a_bad_budget_is_a_one_line_error(value, message):
+    with pytest.raises(ConfigError, match=message):
+        Simulation(small_config("strategy.name=scaffold", f"engine.client_state_memory={value}"))
