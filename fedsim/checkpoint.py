@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from fedsim.client_state import flatten, fsync_dir, unflatten, write_durably
+from fedsim.client_state import flatten, fsync_path, unflatten, write_durably
 from fedsim.config import Config, config_from_dict
 from fedsim.engine import Callback, Simulation, SimulationState
 from fedsim.errors import ConfigError
@@ -82,7 +82,7 @@ def save_checkpoint(run_dir: str | Path, state: SimulationState, config: Config)
     write_durably(staging / STATE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    fsync_dir(root)
+    fsync_path(root)
     for old in root.iterdir():
         if old != final:
             shutil.rmtree(old, ignore_errors=True)

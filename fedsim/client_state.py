@@ -3,14 +3,17 @@
 Only clients that have participated have a state. The most recently used states are held in
 RAM, up to `memory_bytes` (0 = no bound); beyond it the least recently used are written to disk
 and dropped from RAM. On disk the states are segments: one safetensors file per write (the
-states a round evicts, or those changed since the last checkpoint), `seg_NNNNNNNN.safetensors`
-with keys `<client id>/<group>/<name>`, found through an index client id -> segment held in RAM.
-Many clients share a file because one small file per client is several times slower to write,
-fsync and read back (benchmarks/client_state.py measures both).
+states a round evicts, or those changed since the last checkpoint), `seg_NNNNNNNN.safetensors`,
+found through an index client id -> segment held in RAM. A segment stacks its clients' states,
+one row per client: `<k>/clients` (their ids) and `<k>/<group>/<name>` for each layout k of
+names, shapes and dtypes (one, unless states differ between clients). Many clients share a file,
+and a few large tensors, because one small file (or tensor) per client is several times slower
+to write and read back (benchmarks/client_state.py measures it).
 
 A segment file is never changed once written, so a checkpoint can reference it: `flush()` writes
-the states changed since the last write and returns the index, the checkpoint saves the index, and
-`checkpointed(index)` tells the store which segments to keep until the next checkpoint. A segment
+the states changed since the last write, fsyncs the segments written since the last flush, and
+returns the index; the checkpoint saves the index, and `checkpointed(index)` tells the store
+which segments to keep until the next checkpoint. A segment
 whose clients all have newer states is deleted unless the newest checkpoint needs it. When the
 files hold more than twice as many states as are live, each write also carries over (as many as
 it writes) survivors of the sparsest segments, so the files stay within about twice the live states.
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import save_file
 
 from fedsim.strategy import State
 
@@ -65,12 +68,34 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file already written, or a directory (so the names in it are durable too)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """`t` on the CPU, copied if it is a view into a larger tensor (a vmapped chunk's), which it
+    would otherwise keep alive beyond what the budget counts."""
+    t = t.detach().cpu()
+    return t if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
+def _pack(states: dict[int, State]) -> dict[str, torch.Tensor]:
+    """A segment's tensors: the states of each layout stacked, one row per client."""
+    flat = {cid: flatten(state) for cid, state in states.items()}
+    layouts: dict[tuple, list[int]] = {}
+    for cid, tensors in flat.items():
+        layouts.setdefault(tuple((k, t.shape, t.dtype) for k, t in tensors.items()), []).append(cid)
+    packed = {}
+    for k, cids in enumerate(layouts.values()):
+        packed[f"{k}{_SEP}clients"] = torch.tensor(cids, dtype=torch.int64)
+        for key in flat[cids[0]]:
+            packed[f"{k}{_SEP}{key}"] = torch.stack([flat[cid][key] for cid in cids])
+    return packed
 
 
 def _segment_number(path: Path) -> int | None:
@@ -101,6 +126,7 @@ class ClientStateStore:
         self._members: dict[int, set[int]] = {}  # segment -> clients whose newest state it holds
         self._files: dict[int, int] = {}  # segment -> states it holds, live or not, for each file this store keeps
         self._pinned: set[int] = set()  # segments the newest checkpoint references
+        self._unsynced: set[int] = set()  # segments written since the last flush, not fsynced yet
         self._next: int | None = None  # the next segment's number, once the directory is open
 
     # ------------------------------------------------------------------ reading
@@ -134,13 +160,13 @@ class ClientStateStore:
     def update(self, states: dict[int, State]) -> None:
         """Keep new states (a round's), then write the least recently used beyond the budget as one segment.
 
-        Each state is copied to the CPU, so it owns its memory and the budget counts what it holds.
+        A state on another device is copied to the CPU; the budget counts the bytes of its tensors.
         """
         for cid, state in states.items():
             if not state:
                 continue  # stateless strategies store nothing
             self._forget(cid)
-            own = {g: {k: t.detach().to("cpu", copy=True) for k, t in p.items()} for g, p in state.items()}
+            own = {g: {k: _owned(t) for k, t in p.items()} for g, p in state.items()}
             self._memory[cid], self._sizes[cid] = own, state_bytes(own)
             self.resident_bytes += self._sizes[cid]
             self._dirty.add(cid)
@@ -154,10 +180,17 @@ class ClientStateStore:
         self._write(evicted)
 
     def flush(self) -> dict[int, int]:
-        """Write the states in RAM that no segment holds, as one segment (they stay in RAM); returns
-        the index, client id -> segment, that with the segment files holds every state."""
+        """Write the states in RAM that no segment holds, as one segment (they stay in RAM), and make
+        every segment durable; returns the index, client id -> segment, that with the segment files
+        holds every state. Segments are fsynced here rather than as they are written, since only a
+        checkpoint needs them to outlive the machine."""
         self._write({cid: state for cid, state in self._memory.items() if cid in self._dirty})
         self._dirty.clear()
+        for segment in self._unsynced & self._files.keys():
+            fsync_path(self.directory / _SEGMENT.format(segment))
+        if self._unsynced:
+            fsync_path(self.directory)
+        self._unsynced.clear()
         return dict(self._index)
 
     def checkpointed(self, index: dict[int, int]) -> None:
@@ -182,7 +215,7 @@ class ClientStateStore:
         self._files.clear()
         for segment in self._members:
             with safe_open(self.directory / _SEGMENT.format(segment), "pt") as f:
-                self._files[segment] = len({key.split(_SEP, 1)[0] for key in f.keys()})
+                self._files[segment] = sum(f.get_slice(key).get_shape()[0] for key in f.keys() if key.count(_SEP) == 1)
         self._pinned.clear()
         self._pinned.update(self._members)
         self._next = None  # the next write opens the directory again, deleting what the index leaves out
@@ -203,12 +236,19 @@ class ClientStateStore:
         return self.directory
 
     def _read(self, segment: int, client_ids: set[int]) -> dict[int, State]:
+        """States of `client_ids` from a segment, each row copied: a tensor safetensors maps from
+        the file would keep the whole file mapped (and counted in the process's RSS) while it lives."""
         flat: dict[int, dict[str, torch.Tensor]] = {}
         with safe_open(self.directory / _SEGMENT.format(segment), "pt") as f:
-            for key in f.keys():
-                cid, name = key.split(_SEP, 1)
-                if int(cid) in client_ids:
-                    flat.setdefault(int(cid), {})[name] = f.get_tensor(key)
+            keys = list(f.keys())
+            for ids_key in [key for key in keys if key.count(_SEP) == 1]:  # "<k>/clients"
+                rows = {cid: row for row, cid in enumerate(f.get_tensor(ids_key).tolist()) if cid in client_ids}
+                prefix = ids_key.split(_SEP)[0] + _SEP
+                for key in keys if rows else ():
+                    if key.startswith(prefix) and key != ids_key:
+                        stacked = f.get_tensor(key)
+                        for cid, row in rows.items():
+                            flat.setdefault(cid, {})[key[len(prefix) :]] = stacked[row].clone()
         return {cid: unflatten(tensors) for cid, tensors in flat.items()}
 
     def _write(self, states: dict[int, State]) -> None:
@@ -218,9 +258,8 @@ class ClientStateStore:
         states = {**self._survivors(len(states)), **states}
         directory = self._open()
         segment, self._next = self._next, self._next + 1
-        flat = {f"{cid}{_SEP}{key}": t for cid, state in states.items() for key, t in flatten(state).items()}
-        write_durably(directory / _SEGMENT.format(segment), save(flat))
-        fsync_dir(directory)
+        save_file(_pack(states), directory / _SEGMENT.format(segment))
+        self._unsynced.add(segment)
         self._files[segment] = len(states)
         for cid in states:
             self._unindex(cid)

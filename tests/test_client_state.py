@@ -36,7 +36,7 @@ def segments(directory: Path) -> dict[str, set[int]]:
     found = {}
     for path in sorted(directory.glob("seg_*.safetensors")):
         with safe_open(path, "pt") as f:
-            found[path.name] = {int(key.split("/")[0]) for key in f.keys()}
+            found[path.name] = {cid for key in f.keys() if key.endswith("/clients") for cid in f.get_tensor(key).tolist()}
     return found
 
 
@@ -69,6 +69,20 @@ def test_states_beyond_the_budget_spill_and_read_back_equal(tmp_path):
     assert store.client_ids() == sorted(reference) and len(store) == len(reference)
     got = store.get_many(range(70))
     assert got.keys() == reference.keys() and all(equal(got[cid], reference[cid]) for cid in reference)
+
+
+def test_states_of_different_layouts_share_a_segment_and_views_are_not_kept_whole(tmp_path):
+    chunk = torch.randn(10, 53)  # a vmapped chunk's stacked states: each client's row is a view
+    states = {cid: {"c": {"w": chunk[cid, :50], "b": chunk[cid, 50:]}} for cid in range(9)}
+    states[9] = {"c": {"w": torch.randn(50, dtype=torch.float64)}, "extra": {"n": torch.tensor(3)}}
+    in_ram = ClientStateStore()
+    in_ram.set(0, states[0])
+    assert in_ram.get(0)["c"]["w"].untyped_storage().nbytes() == 50 * 4  # a copy of its row only
+    store = ClientStateStore(1, tmp_path)  # below every state: all of them go to one segment
+    store.update(states)
+    assert store.resident_bytes == 0 and list(segments(tmp_path).values()) == [set(range(10))]
+    got = store.get_many(range(10))
+    assert all(equal(got[cid], states[cid]) for cid in range(10))
 
 
 def test_a_restored_store_reads_the_checkpointed_states_and_drops_later_files(tmp_path):
