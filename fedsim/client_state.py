@@ -61,7 +61,7 @@ def state_bytes(state: State) -> int:
 
 
 def write_durably(path: Path, data: bytes) -> None:
-    """Write `data` to `path` and fsync it, so a checkpoint never references a file still in the page cache."""
+    """Write `data` to `path` and fsync it: a checkpoint's files must outlive the machine, not only the process."""
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
@@ -218,6 +218,7 @@ class ClientStateStore:
                 self._files[segment] = sum(f.get_slice(key).get_shape()[0] for key in f.keys() if key.count(_SEP) == 1)
         self._pinned.clear()
         self._pinned.update(self._members)
+        self._unsynced.clear()
         self._next = None  # the next write opens the directory again, deleting what the index leaves out
 
     # ------------------------------------------------------------------ files
