@@ -4,9 +4,14 @@ A checkpoint is a folder `RUN/checkpoints/round_NNNNNN/` with two plain files, l
 without unpickling anything:
 
 - `tensors.safetensors`: the global params (`params/<name>`), the strategy's server state
-  (`server/<group>/<name>`) and every stored client state (`client/<id>/<group>/<name>`);
+  (`server/<group>/<name>`) and the index of the client states (`clients/ids` and
+  `clients/segments`: which segment file of `RUN/client_states/` holds each client's state);
 - `state.json`: the round, the metrics history so far, the training wall time and the
   resolved config as TOML (a resume under a different config is refused).
+
+The client states themselves stay in the run's client-state store (fedsim/client_state.py),
+whose segment files are never changed once written: a checkpoint writes only the states changed
+since the previous one, as one new segment, and references the older segments it still needs.
 
 No random-generator state is saved because none exists to save: every draw (cohort
 sampling, dropout, local work, batch order, model init) comes from a generator built from
@@ -15,7 +20,8 @@ torch/numpy/random generators (tests/test_checkpoint.py pins this). Strategies k
 state in the server and client states saved here, so the round number restores every draw.
 
 A checkpoint is written into a temporary folder and renamed into place, so a run killed at
-any moment leaves either the previous checkpoint or the new one, never a torn one.
+any moment leaves either the previous checkpoint or the new one, never a torn one; the store keeps
+every segment the newest checkpoint references until a newer one is in place.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 import torch
 from safetensors.torch import load, save
 
-from fedsim.client_state import flatten, unflatten
+from fedsim.client_state import flatten, fsync_path, unflatten, write_durably
 from fedsim.config import Config, config_from_dict
 from fedsim.engine import Callback, Simulation, SimulationState
 from fedsim.errors import ConfigError
@@ -40,6 +46,7 @@ from fedsim.results import RunFolder
 CHECKPOINTS_DIR = "checkpoints"
 TENSORS_FILE = "tensors.safetensors"
 STATE_FILE = "state.json"
+STATES_DIR = "client_states"  # the run's client-state store, which checkpoints reference
 _PREFIX = "round_"
 
 
@@ -52,7 +59,9 @@ class Checkpointer(Callback):
 
     def on_round_done(self, sim: Simulation) -> None:
         if sim.round % self.every == 0:
-            save_checkpoint(self.run_dir, sim.snapshot(), sim.config)
+            state = sim.snapshot()
+            save_checkpoint(self.run_dir, state, sim.config)
+            sim.client_states.checkpointed(state.client_states)
 
 
 def save_checkpoint(run_dir: str | Path, state: SimulationState, config: Config) -> Path:
@@ -63,17 +72,17 @@ def save_checkpoint(run_dir: str | Path, state: SimulationState, config: Config)
     staging = root / f".{final.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    _write_durably(staging / TENSORS_FILE, save(_flat_tensors(state)))
+    write_durably(staging / TENSORS_FILE, save(_flat_tensors(state)))
     meta = {
         "round": state.round,
         "wall_s": state.wall_s,
         "history": state.history,
         "config": resolved(config).to_toml(),
     }
-    _write_durably(staging / STATE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    write_durably(staging / STATE_FILE, (json.dumps(meta, indent=1) + "\n").encode())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    _fsync_dir(root)
+    fsync_path(root)
     for old in root.iterdir():
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -106,21 +115,19 @@ def load_checkpoint(run_dir: str | Path, config: Config) -> SimulationState | No
             "resume with the run's own config.toml or start a new run"
         )
     flat = load((folder / TENSORS_FILE).read_bytes())
-    params, server, clients = {}, {}, {}
+    params, server = {}, {}
     for key, tensor in flat.items():
         kind, rest = key.split("/", 1)
         if kind == "params":
             params[rest] = tensor
         elif kind == "server":
             server[rest] = tensor
-        else:
-            cid, name = rest.split("/", 1)
-            clients.setdefault(int(cid), {})[name] = tensor
+    index = dict(zip(flat["clients/ids"].tolist(), flat["clients/segments"].tolist()))
     return SimulationState(
         round=meta["round"],
         params=params,
         server_state=unflatten(server),
-        client_states={cid: unflatten(flat_state) for cid, flat_state in sorted(clients.items())},
+        client_states=index,
         history=meta["history"],
         wall_s=meta["wall_s"],
     )
@@ -134,7 +141,7 @@ def prepare_run(
     callbacks = [RunFolder(run_dir), *callbacks]
     if config.train.checkpoint_every > 0:
         callbacks.append(Checkpointer(run_dir, config.train.checkpoint_every))
-    sim = Simulation(config, callbacks)
+    sim = Simulation(config, callbacks, state_dir=Path(run_dir) / STATES_DIR)
     state = load_checkpoint(run_dir, config) if resume else None
     if state is not None:
         sim.restore(state)
@@ -145,9 +152,10 @@ def _flat_tensors(state: SimulationState) -> dict[str, torch.Tensor]:
     """One flat name -> tensor mapping; cloned, because safetensors refuses tensors that share memory."""
     flat = {f"params/{k}": v for k, v in state.params.items()}
     flat.update({f"server/{k}": v for k, v in flatten(state.server_state).items()})
-    for cid, client_state in state.client_states.items():
-        flat.update({f"client/{cid}/{k}": v for k, v in flatten(client_state).items()})
-    return {k: v.detach().cpu().contiguous().clone() for k, v in flat.items()}
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in flat.items()}
+    flat["clients/ids"] = torch.tensor(list(state.client_states), dtype=torch.int64)
+    flat["clients/segments"] = torch.tensor(list(state.client_states.values()), dtype=torch.int64)
+    return flat
 
 
 def config_differences(saved_toml: str, config: Config) -> list[str]:
@@ -169,18 +177,3 @@ def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") ->
         elif a != b:
             changed.append(prefix + key)
     return changed
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

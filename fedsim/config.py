@@ -141,6 +141,9 @@ class EngineConfig:
     worker_backend: str = option("serial", choices=WORKER_BACKENDS)  # ray: how each actor trains its share
     track_memory: bool = False  # per-client peak activation bytes in metrics.csv (slows small models)
     threads: int = option(0, ge=0)  # torch threads of the run's process; 0 = auto (fedsim.threads)
+    # bytes of client-state tensors held in RAM; beyond it the least recently used are spilled to
+    # disk (the run folder's client_states/, else a temporary directory); 0 = no bound
+    client_state_memory: int = option(0, ge=0)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,12 +19,12 @@ import torch
 from fedsim import seeding, tree
 from fedsim.backends import make_backend
 from fedsim.backends.base import RoundOutput, RoundPlan
-from fedsim.client_state import ClientStateStore
+from fedsim.client_state import ClientStateStore, state_bytes
 from fedsim.cohort import cohort_size, reporting_size
 from fedsim.config import Config
 from fedsim.data import heterogeneity
 from fedsim.divergence import DivergenceWatch
-from fedsim.errors import plugin_code
+from fedsim.errors import ConfigError, plugin_code
 from fedsim.evaluation import DISTRIBUTION_COLUMNS, PERSONAL_COLUMNS, ClientScores, ClientTestSets, finetuned, score
 from fedsim.federation import build_federation
 from fedsim.memory import model_state_bytes
@@ -75,15 +76,19 @@ class SimulationState:
     round: int
     params: Params
     server_state: State
-    client_states: dict[int, State]
+    client_states: dict[int, int]  # client id -> segment file of the store's directory (ClientStateStore.flush)
     history: list[dict[str, Any]]
     wall_s: float  # training wall time so far
 
 
 class Simulation:
-    """One federated experiment, built and validated from a Config before any training."""
+    """One federated experiment, built and validated from a Config before any training.
 
-    def __init__(self, config: Config, callbacks: list[Callback] = ()) -> None:
+    `state_dir` is where client states spill beyond `engine.client_state_memory` and where
+    checkpoints find them (a run folder's `client_states/`); None = a temporary directory.
+    """
+
+    def __init__(self, config: Config, callbacks: list[Callback] = (), state_dir: str | Path | None = None) -> None:
         validate(config)
         self.config = config
         self.callbacks = list(callbacks)
@@ -114,7 +119,13 @@ class Simulation:
         self.model_state_bytes = model_state_bytes(self.model, momentum=config.train.momentum > 0)
         self.server_state = self.strategy.init_server_state(self.params)
         self.round_info: RoundInfo | None = None  # of the latest server update
-        self.client_states = ClientStateStore()
+        budget, one = config.engine.client_state_memory, state_bytes(self.new_client_state())
+        if 0 < budget < one:
+            raise ConfigError(
+                f"engine.client_state_memory = {budget} bytes cannot hold one client's state ({one} bytes); "
+                "raise it, or set 0 for no bound"
+            )
+        self.client_states = ClientStateStore(budget, state_dir)
         self.history = History()
         self.round = 0
         self.backend = None
@@ -153,10 +164,8 @@ class Simulation:
 
     def plan_round(self, round_: int) -> RoundPlan:
         cohort = self.sample_clients(round_)
-        states = {}
-        for cid in cohort:
-            state = self.client_states.get(cid)
-            states[cid] = state if state is not None else self.new_client_state()
+        stored = self.client_states.get_many(cohort)
+        states = {cid: stored[cid] if cid in stored else self.new_client_state() for cid in cohort}
         return RoundPlan(
             round=round_,
             lr=self.lr_at(round_),
@@ -169,8 +178,7 @@ class Simulation:
 
     def apply_round(self, plan: RoundPlan, output: RoundOutput) -> float:
         """Server update from a round's output; returns the round's sample-weighted train loss."""
-        for cid, state in output.client_states.items():
-            self.client_states.set(cid, state)
+        self.client_states.update(output.client_states)
         aggregate = Aggregate(
             means=output.total.means(),
             uploads=output.uploads,
@@ -224,16 +232,17 @@ class Simulation:
         `eval.finetune_steps` on its training data, or its trainer's personal model (a client
         that never trained has the one of a new client)."""
         steps = self.config.eval.finetune_steps
+        ids = self.client_test_sets.client_ids.tolist()
+        stored = self.client_states.get_many(ids) if steps == 0 else {}
         models = []
-        for cid in self.client_test_sets.client_ids.tolist():
+        for cid in ids:
             if steps > 0:
                 data = tuple(t.to(self.device) for t in self.task.client_data[cid])
                 [seed] = batch_seeds(self.config.seed, "finetune", self.round, [cid])
                 lr = self.lr_at(self.round)
                 models.append(finetuned(self.model, self.params, data, steps, self.config.train.batch_size, lr, int(seed)))
             else:
-                state = self.client_states.get(cid)
-                _, trainer_state = split_state(state if state is not None else self.new_client_state())
+                _, trainer_state = split_state(stored[cid] if cid in stored else self.new_client_state())
                 trainer_state = {g: tree.to(p, self.device) for g, p in trainer_state.items()}
                 models.append(self.trainer.personal_params(self.params, trainer_state))
         return models
@@ -253,12 +262,14 @@ class Simulation:
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> SimulationState:
-        """The run's state after `self.round` rounds (tensors on the CPU, shared with the run)."""
+        """The run's state after `self.round` rounds (tensors on the CPU, shared with the run); the
+        client states changed since the last snapshot are written to the store's files, which the
+        snapshot references."""
         return SimulationState(
             round=self.round,
             params=tree.to(self.params, "cpu"),
             server_state={g: tree.to(p, "cpu") for g, p in self.server_state.items()},
-            client_states={cid: self.client_states.get(cid) for cid in self.client_states.client_ids()},
+            client_states=self.client_states.flush(),
             history=list(self.history.records),
             wall_s=self.wall_s(),
         )
@@ -268,8 +279,7 @@ class Simulation:
         self.round = state.round
         self.params = tree.to(state.params, self.device)
         self.server_state = {g: tree.to(p, self.device) for g, p in state.server_state.items()}
-        for cid, client_state in state.client_states.items():
-            self.client_states.set(cid, client_state)
+        self.client_states.restore(state.client_states)
         self.history = History(list(state.history))
         for record in self.history.records:  # the warnings of the rounds before the resume
             self.watch(record)

@@ -23,6 +23,8 @@ from tests.conftest import ROOT, small_config
 # SCAFFOLD with partial participation: server state (c) and per-client state (c_i) both matter.
 STATEFUL = ["strategy.name=scaffold", "train.fraction=0.5", "train.rounds=6", "train.checkpoint_every=2"]
 DETERMINISTIC_COLUMNS = ["round", "test_accuracy", "test_loss", "train_loss", "num_clients", "lr"]
+# client states all in RAM, or two of a cohort's five in RAM and the rest spilled to the run folder
+BUDGETS = {"unbounded": "engine.client_state_memory=0", "spilled": "engine.client_state_memory=80000"}
 
 
 class CrashAfter(Callback):
@@ -56,8 +58,9 @@ def test_a_run_draws_nothing_from_the_global_generators():
     assert all(np.array_equal(x, y) for x, y in zip(before[1], after[1])) and before[2] == after[2]
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
-    config = small_config(*STATEFUL)
+@pytest.mark.parametrize("budget", BUDGETS.values(), ids=BUDGETS.keys())
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, budget):
+    config = small_config(*STATEFUL, budget)
     with pytest.raises(RuntimeError, match="simulated crash"):
         prepare_run(config, tmp_path / "crashed", [CrashAfter(5)]).run()
     assert len(pd.read_csv(tmp_path / "crashed" / "metrics.csv")) == 5
@@ -109,8 +112,9 @@ def test_checkpoint_every_must_not_be_negative():
         Simulation(small_config("train.checkpoint_every=-1"))
 
 
-def test_run_killed_with_sigkill_mid_round_resumes_to_the_uninterrupted_result(tmp_path):
-    config = small_config(*STATEFUL, "train.rounds=8", "train.checkpoint_every=1")
+@pytest.mark.parametrize("budget", BUDGETS.values(), ids=BUDGETS.keys())
+def test_run_killed_with_sigkill_mid_round_resumes_to_the_uninterrupted_result(tmp_path, budget):
+    config = small_config(*STATEFUL, budget, "train.rounds=8", "train.checkpoint_every=1")
     (tmp_path / "config.toml").write_text(config.to_toml())
     killed = tmp_path / "killed"
     command = [
