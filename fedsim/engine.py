@@ -180,7 +180,7 @@ class Simulation:
         """Server update from a round's output; returns the round's sample-weighted train loss."""
         self.client_states.update(output.client_states)
         aggregate = Aggregate(
-            means=output.total.means(),
+            means=output.total.means(next(iter(self.params.values())).dtype),  # the model's precision
             uploads=output.uploads,
             num_samples=[r.num_samples for r in output.reports] if output.uploads is not None else None,
         )

@@ -25,8 +25,10 @@ class FedAvgMomentum(Strategy):
     - `beta` (0, 1]: weight on the fresh gradient (PyTorch's momentum is 1 - beta); beta = 1 is
       FedAvg. Default 0.1, FedCM's and FL-Simulator's value (the paper's is unverified).
     - `server_lr` with `server_lr_scale="local"` (default): gamma = server_lr * lr * mean_i K_i,
-      so server_lr = 1 moves x by the mean client delta, as FedAvg and FL-Simulator's FedCM do.
-      `server_lr_scale="absolute"`: gamma = server_lr, the paper's global lr gamma.
+      FL-Simulator's FedCM rule, so x moves by server_lr * mean_i(K_i) * mean_i(delta_i / K_i):
+      the uniform mean client delta when every client takes the same number of steps; with
+      unequal K_i, clients that took fewer steps count more. `server_lr_scale="absolute"`:
+      gamma = server_lr, the paper's global lr gamma.
     - `momentum_init="zero"` (default, FL-Simulator): g^0 = 0, so round 1 takes steps scaled by
       beta. `"first_round"`: round 1 runs plain local SGD (beta = 1), so g^1 is an estimate of
       the mean gradient at x^0 rather than a beta-shrunk one.
@@ -42,7 +44,12 @@ class FedAvgMomentum(Strategy):
     # ---- server side -------------------------------------------------------------------
     def init_server_state(self, params: Params) -> State:
         first_beta = 1.0 if self.momentum_init == "first_round" else self.beta
-        return {"g": tree.zeros_like(params), "mix": {"beta": torch.tensor(first_beta)}}
+        return {"g": tree.zeros_like(params), "mix": {"beta": self.beta_tensor(first_beta, params)}}
+
+    @staticmethod
+    def beta_tensor(beta: float, params: Params) -> torch.Tensor:
+        """beta as a 0-d tensor in the params' dtype (a float32 one would round a float64 model's steps)."""
+        return torch.tensor(beta, dtype=next(iter(params.values())).dtype)
 
     def broadcast(self, server_state: State) -> State:
         return {"g": server_state["g"], "mix": server_state["mix"]}
@@ -54,7 +61,7 @@ class FedAvgMomentum(Strategy):
         gamma = self.server_lr
         if self.server_lr_scale == "local":
             gamma *= info.lr * float(aggregate.means["num_steps"]["k"])
-        state = {**server_state, "g": g, "mix": {"beta": torch.tensor(self.beta)}}
+        state = {**server_state, "g": g, "mix": {"beta": self.beta_tensor(self.beta, params)}}
         return tree.add(params, g, -gamma), state
 
     # ---- client side -------------------------------------------------------------------

@@ -196,6 +196,35 @@ def test_fedavg_m_round_matches_closed_form(scale):
     torch.testing.assert_close(x1["w"], x0["w"] - gamma * g_new)
 
 
+def test_fedavg_m_local_scale_is_mean_steps_times_mean_normalised_delta_in_float64():
+    """The documented rule with unequal K_i (2 and 6 steps), to float64 round-off."""
+    beta, steps = 0.5, {0: 2, 1: 6}
+    strategy = FedAvgMomentum(beta=beta, server_lr=1.0)
+    x0 = w(1.0, -1.0)
+    state = strategy.init_server_state(x0)
+    assert state["mix"]["beta"].dtype == torch.float64
+    total = WeightedSum()
+    for cid, k in steps.items():
+        ctx = LocalContext(x0, strategy.broadcast(state), {}, LR, k)
+        result = train_one(strategy, quadratic_grad_fn, client_data([2.0 * cid, 1.0]), ctx,
+                           LocalSchedule(epochs=1, steps=k, batch_size=10), client_id=cid)
+        total.add(result.upload, strategy.upload_weights(result.num_samples))
+    x1, state = strategy.server_update(x0, state, Aggregate(total.means(torch.float64)), RoundInfo(1, LR, 2, 2, 0))
+    deltas = {}
+    for cid, k in steps.items():  # g = 0 in round 1: plain GD scaled by beta, toward (2 cid, 1)
+        target = torch.tensor([2.0 * cid, 1.0], dtype=torch.float64)
+        deltas[cid] = (x0["w"] - target) * (1 - (1 - LR * beta) ** k)
+    mean_k = (2 + 6) / 2
+    want = x0["w"] - mean_k * (deltas[0] / 2 + deltas[1] / 6) / 2
+    torch.testing.assert_close(x1["w"], want, rtol=0, atol=1e-15)
+    assert state["mix"]["beta"].dtype == torch.float64
+
+
+def test_fedspeed_refuses_an_infinite_lambda():
+    with pytest.raises(ConfigError, match="strategy.lam must be finite, got inf"):
+        build_strategy({"name": "fedspeed", "lam": float("inf")})
+
+
 def test_fedavg_m_momentum_init_options():
     x0, data = w(1.0), {0: (client_data([0.0]), {})}
     zero = FedAvgMomentum(beta=0.2)
