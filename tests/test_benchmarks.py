@@ -13,7 +13,7 @@ from fedsim.engine import Simulation
 
 
 def test_quick_speed_benchmark_writes_the_table(tmp_path):
-    runners = ["vectorized", "serial", "plain"]
+    runners = ["vectorized", "plain"]
     speed.main(["--quick", "--workloads", "digits10", "--runners", ",".join(runners), "--out", str(tmp_path)])
     results = json.loads((tmp_path / "speed.json").read_text())
     workload = results["workloads"]["digits10"]
