@@ -115,6 +115,11 @@ def load_checkpoint(run_dir: str | Path, config: Config) -> SimulationState | No
             "resume with the run's own config.toml or start a new run"
         )
     flat = load((folder / TENSORS_FILE).read_bytes())
+    if "clients/ids" not in flat:  # written before client states lived in the store's segments
+        raise ConfigError(
+            f"checkpoint {folder} was written by an older fedsim, whose client states this version cannot "
+            "read; start a new run (fedsim run --force) or resume it with the fedsim that made it"
+        )
     params, server = {}, {}
     for key, tensor in flat.items():
         kind, rest = key.split("/", 1)

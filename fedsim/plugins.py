@@ -195,6 +195,28 @@ def ship_file_plugins() -> None:
             cloudpickle.register_pickle_by_value(module)
 
 
+def unknown(kind: str, name: str) -> ConfigError:
+    """The error for a name no `kind` plugin is registered under, with the names that are."""
+    spec = KINDS[kind]
+    return ConfigError(
+        f"unknown {spec.noun} '{name}'; choose one of: {', '.join(available(kind))}"
+        + closest(name, list(_registered(spec)))
+    )
+
+
+def check_names(config: Config) -> None:
+    """Refuse a plugin name that nothing is registered under, from the entry points' metadata
+    alone, so a misspelt name is one line before torch is imported (a `module:Class` or
+    `file.py:Class` name is checked when it is built)."""
+    for kind, spec in KINDS.items():
+        section, key = spec.key.split(".")
+        value = getattr(config, section)
+        name = value[key] if isinstance(value, dict) else getattr(value, key)
+        head, colon, _ = name.partition(":")
+        if not colon and head not in _registered(spec):
+            raise unknown(kind, name)
+
+
 def plugin_class(kind: str, name: str) -> type:
     """The class `name` names for `kind` ("strategy", "model", ...): registered or by path."""
     spec = KINDS[kind]
@@ -221,10 +243,7 @@ def plugin_class(kind: str, name: str) -> type:
         if cls is None:
             raise ConfigError(f"{spec.noun} '{name}': no class '{attr}' in '{target}'")
     else:
-        raise ConfigError(
-            f"unknown {spec.noun} '{name}'; choose one of: {', '.join(available(kind))}"
-            + closest(name, list(registered))
-        )
+        raise unknown(kind, name)
     base = spec.base()
     if not (isinstance(cls, type) and issubclass(cls, base)) or (spec.from_table and not dataclasses.is_dataclass(cls)):
         what = "a dataclass subclass" if spec.from_table else "a subclass"

@@ -107,6 +107,21 @@ def test_resume_refuses_a_different_config(tmp_path):
         prepare_run(small_config(*STATEFUL, "train.lr=0.1"), tmp_path, resume=True)
 
 
+def test_a_checkpoint_of_the_old_format_is_one_line(tmp_path):
+    """Checkpoints written before the segment store kept client states inline; refused, not a KeyError."""
+    from safetensors.torch import load_file, save_file
+
+    from fedsim.checkpoint import TENSORS_FILE
+
+    config = small_config(*STATEFUL)
+    prepare_run(config, tmp_path).run()
+    tensors = latest_checkpoint(tmp_path) / TENSORS_FILE
+    save_file({k: v for k, v in load_file(tensors).items() if not k.startswith("clients/")}, tensors)
+    with pytest.raises(ConfigError, match="written by an older fedsim.*start a new run") as err:
+        load_checkpoint(tmp_path, config)
+    assert "\n" not in str(err.value)
+
+
 def test_checkpoint_every_must_not_be_negative():
     with pytest.raises(ConfigError, match="train.checkpoint_every must be >= 0"):
         Simulation(small_config("train.checkpoint_every=-1"))

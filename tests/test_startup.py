@@ -50,8 +50,11 @@ def imported_by(args: list[str] | None) -> tuple[int, list[str]]:
         (["run", str(QUICKSTART), "--set", "data.alpah=1"], 2),
         (["run", str(QUICKSTART), "--set", "train.rounds=abc"], 2),
         (["sweep", str(QUICKSTART), "--seeds", "0"], 2),
+        (["run", str(QUICKSTART), "--set", "strategy.name=fedfoo"], 2),
+        (["sweep", str(QUICKSTART), "--set", "data.partitioner=zipf"], 2),
     ],
-    ids=["import", "help", "run-help", "report-help", "list", "unknown-key", "bad-type", "bad-seeds"],
+    ids=["import", "help", "run-help", "report-help", "list", "unknown-key", "bad-type", "bad-seeds",
+         "unknown-strategy", "unknown-partitioner"],
 )
 def test_help_list_and_config_errors_import_no_heavy_package(args, code):
     assert imported_by(args) == (code, [])

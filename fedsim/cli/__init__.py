@@ -77,6 +77,7 @@ def _run(
 ) -> None:
     from fedsim.config import load_config  # light: a config error shows before torch is imported
     from fedsim.errors import ConfigError, PluginFailed
+    from fedsim.plugins import check_names  # light too: entry-point metadata only
 
     if resume is not None:
         if config_path is not None or overrides or out_dir is not None or force:
@@ -95,6 +96,7 @@ def _run(
     else:
         config = load_config(config_path, overrides)
         path = out_dir or default_out_dir(config.name)
+    check_names(config)
     from fedsim.checkpoint import checkpoint_round, prepare_run
     from fedsim.cli.display import RunHeader, RunProgress
     from fedsim.results import claim_run_folder
@@ -161,8 +163,10 @@ def _sweep(
 ) -> None:
     from fedsim.config import load_config  # light: a config error shows before torch is imported
     from fedsim.errors import ConfigError
+    from fedsim.plugins import check_names  # light too: entry-point metadata only
 
     base = load_config(config_path, overrides)
+    check_names(base)
     if seeds is not None and seed_list is not None:
         raise ConfigError("give --seeds N or --seed-list, not both")
     if seeds is not None and seeds < 1:
