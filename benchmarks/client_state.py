@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import multiprocessing
 import platform
 import resource
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks.concurrent_runs import cpu_name
+from benchmarks.tables import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "experiments" / "quickstart.toml"
@@ -195,11 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|---:|---:|",
     ]
     lines += [f"| {name} | {t['write_s']:.3f} | {t['fsync_s']:.3f} | {t['read_s']:.3f} |" for name, t in lay["rows"].items()]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    publish(lines, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ vmapped chunks): the round's wall time including federated evaluation, the evalu
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.concurrent_runs import cpu_name
+from benchmarks.tables import publish
 from fedsim.config import load_config
 from fedsim.engine import Simulation
 
@@ -87,10 +87,7 @@ def main() -> None:
     ]
     lines += [f"| {r['clients']} | {r['models']} | {r['backend']} | {r['round_s']:.4f} | {r['evaluation_s']:.4f} | "
               f"{r['share']:.1%} |" for r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    publish(lines, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,11 @@ percentile of accuracy over clients. Written to `benchmarks/results/personalisat
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.tables import cells, mean_std, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "personalisation.toml"
@@ -33,25 +33,6 @@ def sweep(out: Path, dataset: str, args: argparse.Namespace, *extra: str) -> Non
     command = [sys.executable, "-m", "fedsim.cli", "sweep", str(CONFIG), "--grid", f"data.alpha={ALPHAS}",
                "--seeds", str(args.seeds), "--out", str(out), "-j", str(args.jobs), *DATASETS[dataset], *extra]
     subprocess.run(command, check=True)
-
-
-def cells(folder: Path) -> list[tuple[dict, dict]]:
-    """(grid values, summary) of every finished cell of a sweep folder."""
-    manifest = json.loads((folder / "sweep.json").read_text())
-    found = []
-    for cell in manifest["cells"]:
-        summary = json.loads((folder / cell["name"] / "summary.json").read_text())
-        if summary["status"] == "finished":
-            found.append((cell["values"], summary))
-    return found
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def main() -> None:
@@ -111,10 +92,7 @@ def main() -> None:
             f"| {r['dataset']} | {r['alpha']:g} | {r['method']} | {r['seeds']} | {mean_std(r['test'])} | "
             f"{mean_std(r['mean'])} | {mean_std(r['p10'])} | {mean_std(r['min'])} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    publish(lines, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.personalisation import cells, mean_std
+from benchmarks.tables import cells, mean_std, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "privacy.toml"
@@ -72,10 +72,7 @@ def main() -> None:
     for r in rows:
         eps = "∞ (no privacy)" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
         lines.append(f"| {r['setting']} | {eps} | {mean_std(r['accuracy'])} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    args.out.with_suffix(".md").write_text(text)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    publish(lines, rows, args.out)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,11 @@ final test accuracy, mean ± std over seeds, per rule and attack. Written to
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.personalisation import cells, mean_std
+from benchmarks.tables import cells, mean_std, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "experiments" / "robustness.toml"
@@ -73,11 +72,7 @@ def main() -> None:
             values = [accuracy.get((rule, attack, f), []) for f in fractions]
             rows.append({"attack": attack, "rule": rule, "fractions": fractions, "accuracy": values})
             lines.append(f"| {attack} | {NAMES[rule]} | " + " | ".join(mean_std(v) for v in values) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out = args.out / f"robustness_alpha{args.alpha:g}"
-    out.with_suffix(".md").write_text(text)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    publish(lines, rows, args.out / f"robustness_alpha{args.alpha:g}")
 
 
 if __name__ == "__main__":
