@@ -3,7 +3,8 @@
 The pseudo-gradient is the mean client delta `g = mean_i (x - y_i)` (`aggregate.means["delta"]`).
 It points uphill like a gradient; the paper's Delta is -g, so its `x + eta m / (sqrt(v) + tau)`
 is `x - eta m / (sqrt(v) + tau)` here, with m built from g (v, built from squares, is unchanged).
-A strategy keeps an optimiser's state in its server state and calls `step` once a round:
+A strategy keeps an optimiser's state in its server state and calls `step` once a round
+(`ServerOptimised` does both for a strategy that names its `optimiser()`):
 
     SGD       v <- momentum v + g                       x <- x - lr v         (FedAvgM, heavy ball)
     Adaptive  m <- beta_1 m + (1 - beta_1) g
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from fedsim import tree
-from fedsim.strategy import State
+from fedsim.strategy import Aggregate, RoundInfo, State, Strategy
 from fedsim.tree import Params
 
 SECOND_MOMENTS = {
@@ -79,3 +80,20 @@ class Adaptive:
             lr *= math.sqrt(1 - self.beta_2 ** (round_ + 1)) / (1 - self.beta_1 ** (round_ + 1))
         direction = {k: m[k] / (v[k].sqrt() + self.tau) for k in m}
         return tree.add(params, direction, -lr), {"m": m, "v": v}
+
+
+class ServerOptimised(Strategy):
+    """A strategy whose server steps along the round's mean client delta with `optimiser()`, its
+    state the optimiser's (FedAvgM, FedAdam, FedYogi, FedAdagrad)."""
+
+    def optimiser(self) -> SGD | Adaptive:
+        """The server optimiser of this rule, built from the strategy's fields."""
+        raise NotImplementedError
+
+    def init_server_state(self, params: Params) -> State:
+        return self.optimiser().init(params)
+
+    def server_update(
+        self, params: Params, server_state: State, aggregate: Aggregate, info: RoundInfo
+    ) -> tuple[Params, State]:
+        return self.optimiser().step(params, server_state, aggregate.means["delta"], info.round)

@@ -6,14 +6,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from fedsim.config import option
-from fedsim.server_opt import SGD
-from fedsim.strategy import Aggregate, RoundInfo, State
-from fedsim.tree import Params
+from fedsim.server_opt import SGD, ServerOptimised
 from strategies.fedavg import FedAvg
 
 
 @dataclass
-class FedAvgM(FedAvg):
+class FedAvgM(ServerOptimised, FedAvg):
     """FedAvgM: server momentum v = momentum * v + mean delta, then w -= server_lr * v.
 
     The pseudo-gradient is the weighted mean client delta (`weighting` as in FedAvg), stepped by
@@ -32,11 +30,3 @@ class FedAvgM(FedAvg):
 
     def optimiser(self) -> SGD:
         return SGD(self.server_lr, self.momentum)
-
-    def init_server_state(self, params: Params) -> State:
-        return self.optimiser().init(params)
-
-    def server_update(
-        self, params: Params, server_state: State, aggregate: Aggregate, info: RoundInfo
-    ) -> tuple[Params, State]:
-        return self.optimiser().step(params, server_state, aggregate.means["delta"], info.round)

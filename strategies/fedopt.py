@@ -6,15 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedsim.config import option
-from fedsim.server_opt import Adaptive
-from fedsim.strategy import Aggregate, RoundInfo, State, Strategy
-from fedsim.tree import Params
+from fedsim.server_opt import ServerOptimised
 
 VARIANTS = ("paper", "flwr")
 
 
 @dataclass
-class FedOpt(Strategy):
+class FedOpt(ServerOptimised):
     """Base of fedadagrad, fedadam and fedyogi; each subclass builds its `optimiser()`.
 
     `variant = "paper"` is Algorithm 2: the uniform mean delta over the cohort, no bias
@@ -28,18 +26,6 @@ class FedOpt(Strategy):
     tau: float = option(1e-3, gt=0)
     v_init: float = option(0.0, ge=0)
     variant: str = option("paper", choices=VARIANTS)
-
-    def optimiser(self) -> Adaptive:
-        """The server optimiser of this rule, built from the fields."""
-        raise NotImplementedError
-
-    def init_server_state(self, params: Params) -> State:
-        return self.optimiser().init(params)
-
-    def server_update(
-        self, params: Params, server_state: State, aggregate: Aggregate, info: RoundInfo
-    ) -> tuple[Params, State]:
-        return self.optimiser().step(params, server_state, aggregate.means["delta"], info.round)
 
     def upload_weights(self, num_samples: int) -> dict[str, float]:
         return {"delta": 1.0 if self.variant == "paper" else float(num_samples)}
