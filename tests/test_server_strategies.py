@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import strategy as flwr_strategy
+from flwr.serverapp import strategy as flwr_serverapp
 
 from fedsim import tree
 from fedsim.aggregate import WeightedSum
@@ -30,14 +34,6 @@ from strategies.fedtrimmedavg import FedTrimmedAvg
 from strategies.fedyogi import FedYogi
 from strategies.krum import Krum
 
-try:  # Flower is an optional extra; without it only the parity tests are skipped
-    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
-    from flwr.server import strategy as flwr_strategy
-    from flwr.serverapp import strategy as flwr_serverapp
-except ImportError:
-    flwr_strategy = None
-needs_flower = pytest.mark.skipif(flwr_strategy is None, reason="needs Flower: pip install 'fedsim[flower]'")
 
 PARITY_TOL = 1e-6
 SIZES = (5, 9, 2, 7, 4, 8, 3, 6, 5, 30, 1)  # sample counts of 11 clients
@@ -154,14 +150,12 @@ PARITY = {  # case -> () -> (fedsim strategy, one round of Flower's); called onl
 }
 
 
-@needs_flower
 @pytest.mark.parametrize("case", list(PARITY))
 def test_three_rounds_match_flower(case):
     ours, flower_round = PARITY[case]()
     assert parity_gap(ours, flower_round) < PARITY_TOL
 
 
-@needs_flower
 def test_even_cohort_median_matches_flower():
     assert parity_gap(FedMedian(), legacy(flwr_strategy.FedMedian()), sizes=SIZES[:10]) < PARITY_TOL
 
