@@ -6,8 +6,11 @@ from __future__ import annotations
 import math
 
 
-def cohort_size(num_clients: int, fraction: float) -> int:
-    """m = max(floor(C * N), 1), robust to float error in C * N."""
+def cohort_size(num_clients: int, fraction: float, per_round: int = 0) -> int:
+    """m = `per_round` clients when > 0 (at most N), else max(floor(C * N), 1), robust to float
+    error in C * N."""
+    if per_round > 0:
+        return min(per_round, num_clients)
     return max(math.floor(fraction * num_clients + 1e-9), 1)
 
 

@@ -60,7 +60,7 @@ class DataConfig:
 
     dataset: str = "digits"  # a registered dataset, hf:<hub name>, package.module:Class or file.py:Class
     path: str = ""  # local copy of a hub dataset (hf:<name>)
-    num_clients: int = option(20, ge=1)
+    num_clients: int = option(20, ge=0)  # 0 = one per natural client (partitioner "natural")
     partitioner: str = "dirichlet"  # a registered partitioner, package.module:Class or file.py:Class
     alpha: float = option(0.5, gt=0)  # Dirichlet concentration (label skew, or size skew for "quantity")
     min_partition_size: int = option(2, ge=0)
@@ -75,6 +75,13 @@ class DataConfig:
     # tuning; never the test set) and each client's local test share of its own partition
     validation_fraction: float = option(0.0, ge=0, lt=1)
     client_test_fraction: float = option(0.0, ge=0, lt=1)
+    # natural clients (fedsim.data.natural): the column naming each sample's client ("" = the
+    # dataset's own: writer, speaking role, user), and the seeded share of those clients kept
+    partition_by: str = ""
+    client_fraction: float = option(1.0, gt=0, le=1)
+    # text datasets: words the vocabulary keeps (0 = every word of the training text), tokens per sample
+    vocabulary: int = option(10000, ge=0)
+    sequence_length: int = option(25, ge=1)
 
 
 class PluginTable(dict):
@@ -97,6 +104,7 @@ class TrainConfig:
 
     rounds: int = option(30, ge=1)
     fraction: float = option(1.0, gt=0, le=1)  # share of clients sampled per round
+    clients_per_round: int = option(0, ge=0)  # > 0: this many clients per round instead of a share
     local_epochs: int = option(2, ge=0)
     local_steps: int = option(0, ge=0)  # > 0: a fixed number of local steps instead of epochs
     batch_size: int = option(32, ge=1)

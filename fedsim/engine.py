@@ -8,6 +8,7 @@ accumulated between rounds (`SimulationState`); fedsim.checkpoint writes it to d
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from fedsim.strategy import Aggregate, RoundInfo, State
 from fedsim.schedule import batch_seeds
 from fedsim.trainer import has_personal_models, join_state, split_state
 from fedsim.tree import Params
-from fedsim.validate import validate
+from fedsim.validate import validate, validate_cohort
 
 
 class Callback:
@@ -90,9 +91,13 @@ class Simulation:
 
     def __init__(self, config: Config, callbacks: list[Callback] = (), state_dir: str | Path | None = None) -> None:
         validate(config)
-        self.config = config
         self.callbacks = list(callbacks)
         federation = build_federation(config)
+        if config.data.num_clients == 0:  # one client per natural client: counted by the split
+            data = dataclasses.replace(config.data, num_clients=len(federation.partition.indices))
+            config = dataclasses.replace(config, data=data)
+            validate_cohort(config)
+        self.config = config
         self.strategy, self.trainer = federation.strategy, federation.trainer
         self.task, self.device = federation.task, federation.task.device
         self.dataset, self.partition = federation.dataset, federation.partition
@@ -141,7 +146,7 @@ class Simulation:
         (seed, round), less the `train.dropout` share that never reports (at least one stays)."""
         n, t = self.config.data.num_clients, self.config.train
         rng = seeding.numpy_rng(self.config.seed, "sample", round_)
-        chosen = rng.choice(n, size=cohort_size(n, t.fraction), replace=False)
+        chosen = rng.choice(n, size=cohort_size(n, t.fraction, t.clients_per_round), replace=False)
         if t.dropout > 0:
             drop_rng = seeding.numpy_rng(self.config.seed, "dropout", round_)
             chosen = drop_rng.choice(chosen, size=reporting_size(len(chosen), t.dropout), replace=False)

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from fedsim import tree
 from fedsim.gradients import autograd_grad_fn
+from fedsim.loss import cross_entropy
+from fedsim.loss import sample_scores
 from fedsim.normalisation import evaluating
 from fedsim.schedule import client_batches
 from fedsim.tree import Params
@@ -32,24 +33,24 @@ PERSONAL_COLUMNS = [f"personal_accuracy_{s}" for s in STATISTICS]  # each client
 def per_sample(model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[
     torch.Tensor, torch.Tensor
 ]:
-    """Each sample's cross-entropy loss and whether it was classified right (in eval mode: BatchNorm
-    uses the statistics in `params`)."""
+    """Each sample's loss and share of positions predicted right (`fedsim.loss.sample_scores`; in eval
+    mode: BatchNorm uses the statistics in `params`)."""
     losses, correct = [], []
     with evaluating(model):
         for start in range(0, len(y), batch):
             logits = functional_call(model, params, (x[start : start + batch],))
-            target = y[start : start + batch]
-            losses.append(F.cross_entropy(logits, target, reduction="none"))
-            correct.append(logits.argmax(1) == target)
+            loss, right = sample_scores(logits, y[start : start + batch])
+            losses.append(loss)
+            correct.append(right)
     if not losses:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
+        return torch.zeros(0), torch.zeros(0)
     return torch.cat(losses), torch.cat(correct)
 
 
 def score(model: nn.Module, params: Params, data: Split, batch: int) -> tuple[float, float]:
     """Mean loss and accuracy on `data`."""
     loss, correct = per_sample(model, params, *data, batch)
-    return float(loss.double().sum()) / len(loss), int(correct.sum()) / len(correct)
+    return float(loss.double().sum()) / len(loss), float(correct.double().sum()) / len(correct)
 
 
 @dataclass
@@ -132,9 +133,9 @@ class ClientTestSets:
         x, y = self.x[rows], self.y[rows]
         with evaluating(model):
             logits = vmap(lambda p, inputs: functional_call(model, p, (inputs,)))(stacked, x)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        losses, correct = (t.view(real.shape) for t in sample_scores(logits.flatten(0, 1), y.flatten(0, 1)))
         loss = torch.where(real, losses.double(), 0).sum(1) / sizes
-        right = (real & (logits.argmax(-1) == y)).sum(1).double()
+        right = torch.where(real, correct.double(), 0).sum(1)
         return loss.cpu().numpy(), (right / sizes).cpu().numpy()
 
 
@@ -153,7 +154,7 @@ def finetuned(
 ) -> Params:
     """`params` after `steps` plain SGD steps on cross-entropy over `data` (the local fine-tuning
     baseline of personalisation papers), batches drawn from `batch_seed` as in training."""
-    grad_fn = autograd_grad_fn(model, F.cross_entropy)
+    grad_fn = autograd_grad_fn(model, cross_entropy)
     x, y = data
     for idx in client_batches(len(y), steps, batch_size, batch_seed):
         idx = idx.to(x.device)

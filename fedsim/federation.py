@@ -20,6 +20,7 @@ from fedsim.data import DatasetBundle, Partition, load_dataset, partition_datase
 from fedsim.data.holdout import split_client_test, split_validation
 from fedsim.data.labels import split_labels
 from fedsim.errors import ConfigError
+from fedsim.loss import sample_labels
 from fedsim.models import build_model
 from fedsim.normalisation import batch_norms, untrack_statistics
 from fedsim.plugins import build_strategy, build_trainer
@@ -42,7 +43,7 @@ class Federation:
     params: Params  # the initial global params (what the trainer shares)
     statistics: Params  # the initial BatchNorm running statistics ({} without BatchNorm), fedsim.normalisation
     task: Task
-    train_labels: np.ndarray  # every training sample's label, for heterogeneity statistics
+    train_labels: np.ndarray  # every training sample's class (`sample_labels`), for heterogeneity statistics
     hidden_labels: list[torch.Tensor]  # per client the true labels of its unlabelled samples
     validation: tuple[torch.Tensor, torch.Tensor] | None  # held out of the train pool (data.validation_fraction)
     client_test: list[tuple[torch.Tensor, torch.Tensor]]  # per client its local test share (may be empty)
@@ -70,6 +71,11 @@ def build_federation(config: Config) -> Federation:
     if any(len(idx) == 0 for idx in partition.indices):
         raise ConfigError("the partition left a client without data; lower data.num_clients")
     x_train, y_train = dataset.tensors("train")
+    if y_train.ndim > 1 and d.label_ratio < 1:
+        raise ConfigError(
+            f"data.label_ratio < 1 hides whole samples' labels for pseudo-labelling, which needs one class per "
+            f"sample; dataset '{d.dataset}' has a target per position: set data.label_ratio=1"
+        )
     client_data = [(x_train[idx], y_train[idx]) for idx in map(torch.as_tensor, partition.indices)]
     client_data, client_test = split_client_test(client_data, d.client_test_fraction, config.seed)
     # backends get the labelled (x, y) and the unlabelled x; the unlabelled samples' true labels
@@ -103,6 +109,6 @@ def build_federation(config: Config) -> Federation:
         attack=upload_attack(config.attack, attackers, config.seed),
     )
     return Federation(
-        strategy, trainer, dataset, partition, model, params, statistics, task, y_train.numpy(), hidden_labels,
+        strategy, trainer, dataset, partition, model, params, statistics, task, sample_labels(y_train).numpy(), hidden_labels,
         validation, client_test,
     )

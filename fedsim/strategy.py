@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from fedsim import tree
+from fedsim.loss import cross_entropy
 from fedsim.tree import Params
 
 State = dict[str, Params]
@@ -133,8 +133,8 @@ class Strategy:
         return {}
 
     def objective(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The local loss the gradient function differentiates."""
-        return F.cross_entropy(logits, targets)
+        """The local loss the gradient function differentiates (cross-entropy over target positions)."""
+        return cross_entropy(logits, targets)
 
     def client_begin(self, ctx: LocalContext) -> State:
         """Per-client values computed once before local training (the `carry`)."""

@@ -14,6 +14,7 @@ import torch
 
 from fedsim.cohort import cohort_size, reporting_size
 from fedsim.config import Config, config_from_dict
+from fedsim.data.partition import require_client_count
 from fedsim.errors import ConfigError
 from fedsim.plugins import build_strategy, build_trainer, make, resolved
 from fedsim.trainer import has_personal_models
@@ -29,7 +30,6 @@ def validate(config: Config) -> None:
     config_from_dict(config.to_dict())  # the schema, for a config changed since it was loaded
     resolved(config)  # builds the strategy, trainer and model: their names and hyperparameters
     make("dataset", config.data.dataset)
-    make("partitioner", config.data.partitioner)
     t = config.train
     _require(t.local_epochs >= 1 or t.local_steps >= 1, "set train.local_epochs >= 1 or train.local_steps >= 1")
     for key in ("clients", "finetune_steps"):
@@ -43,7 +43,15 @@ def validate(config: Config) -> None:
     a = config.attack
     _require(a.name == "none" or a.fraction > 0, f"attack.name='{a.name}' needs attack.fraction > 0 (the share of attackers)")
     _require(a.name != "none" or a.fraction == 0, "attack.fraction > 0 needs an attack.name (sign_flip, gaussian, label_flip, scaled)")
-    reporting = reporting_size(cohort_size(config.data.num_clients, t.fraction), t.dropout)
+    require_client_count(make("partitioner", config.data.partitioner), config.data.num_clients)
+    if config.data.num_clients > 0:  # else checked once the natural split has counted its clients
+        validate_cohort(config)
+
+
+def validate_cohort(config: Config) -> None:
+    """Whether every round's uploads are enough for the strategy's rule (Krum's n > 2f + 2)."""
+    t = config.train
+    reporting = reporting_size(cohort_size(config.data.num_clients, t.fraction, t.clients_per_round), t.dropout)
     build_strategy(config.strategy).validate_uploads(reporting)
 
 

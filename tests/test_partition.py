@@ -180,7 +180,7 @@ def test_partition_table_and_heterogeneity(digits):
     [
         ("dirichlet", {"alpha": 0.0}, "data.alpha must be > 0"),
         ("quantity", {"alpha": -1.0}, "alpha must be > 0"),
-        ("iid", {"num_clients": 0}, "data.num_clients must be >= 1"),
+        ("iid", {"num_clients": 0}, "data.num_clients = 0 .one client per natural client. needs a partitioner of natural clients"),
         ("iid", {"num_clients": 2000}, "more clients than samples"),
         ("dirichlet", {"num_clients": 200, "min_partition_size": 10}, "more clients than samples"),
         ("pathological", {"classes_per_client": 0}, "data.classes_per_client must be >= 1"),
@@ -189,7 +189,7 @@ def test_partition_table_and_heterogeneity(digits):
         ("shard", {"num_clients": 500, "shards_per_client": 3}, "needs 1500 shards"),
         ("fedavg", {}, "unknown partitioner 'fedavg'; choose one of: dirichlet, iid, natural, pathological"),
         ("iidd", {}, "did you mean 'iid'"),
-        ("natural", {}, "client_id column"),
+        ("natural", {}, "needs a dataset with natural clients"),
     ],
 )
 def test_bad_settings_are_one_line_config_errors(digits, name, kwargs, match):

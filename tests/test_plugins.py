@@ -146,7 +146,7 @@ def test_file_plugins_work_end_to_end(tmp_path):
         ("model", "resnet18", "did you mean 'resnet18_gn'"),
         ("model", "fedsim.data.datasets:Digits", "not a dataclass subclass of fedsim.models.Model"),
         ("dataset", "fedsim.models:MLP", "not a subclass of fedsim.data.datasets.Dataset"),
-        ("dataset", "digit", "unknown dataset 'digit'; choose one of: (.*, )?digits, hf:<name>, .* \\(did you mean 'digits'\\?\\)"),
+        ("dataset", "digit", "unknown dataset 'digit'; choose one of: (.*, )?digits, .*hf:<name>, .* \\(did you mean 'digits'\\?\\)"),
         ("partitioner", "collections:OrderedDict", "not a subclass of fedsim.data.partition.Partitioner"),
         ("partitioner", "fedsim.data.partition:Nope", "no class 'Nope'"),
         ("trainer", "nope.py:X", "plugin file 'nope.py' not found"),

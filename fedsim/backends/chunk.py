@@ -73,11 +73,13 @@ def is_sample_mean(objective: Objective, num_classes: int) -> bool:
 
 
 def sample_mean(objective: Objective, num_classes: int, device: torch.device) -> Objective:
-    """`objective` over the rows whose target is not `PAD`, for an objective that is a mean over samples.
+    """`objective` over the targets that are not `PAD`, for an objective that is a mean over samples
+    (over target positions, for targets with a class per position).
 
-    Padded rows get constant logits (`PAD_LOGIT` on class 0) and target 0, so they add a constant
-    without gradient to the batch mean; rescaling by rows / real rows and removing that constant
-    gives the objective of the real rows alone, with one objective call on the padded batch.
+    Padded targets get constant logits (`PAD_LOGIT` on class 0) and target 0, so they add a
+    constant without gradient to the batch mean; rescaling by positions / real positions and
+    removing that constant gives the objective of the real rows alone, with one objective call on
+    the padded batch.
     """
     pad_logits = torch.zeros(num_classes, device=device)
     pad_logits[0] = PAD_LOGIT
@@ -85,9 +87,9 @@ def sample_mean(objective: Objective, num_classes: int, device: torch.device) ->
 
     def padded_objective(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         real = targets != PAD
-        rows, num_real = len(targets), real.sum()
+        rows, num_real = targets.numel(), real.sum()
         mean = objective(
-            torch.where(real[:, None], logits, pad_logits.to(logits)), torch.where(real, targets, 0)
+            torch.where(real[..., None], logits, pad_logits.to(logits)), torch.where(real, targets, 0)
         )
         return (rows * mean - (rows - num_real) * pad_value) / num_real
 
@@ -278,6 +280,7 @@ class ChunkExecutor:
             real = (
                 torch.arange(longest, device=self.device) < torch.from_numpy(lengths).to(self.device)[:, None]
             )
+            real = real.view(*real.shape, *[1] * (y.ndim - real.ndim))  # a padded row pads each of its positions
             return vmap(step(self.padded_grad_fn))(*state, x, torch.where(real, y, PAD))
         out = None
         for length in np.unique(lengths):  # exact-size batches, one group per length
@@ -293,7 +296,7 @@ class ChunkExecutor:
         """Inputs and targets of a [clients, batch] block of row numbers."""
         flat = rows.reshape(-1)
         x = self.x.index_select(0, flat).view(*rows.shape, *self.x.shape[1:])
-        return x, self.y.index_select(0, flat).view(rows.shape)
+        return x, self.y.index_select(0, flat).view(*rows.shape, *self.y.shape[1:])
 
     @staticmethod
     def _set_aside(finished, state, start: int, stop: int, count: int):

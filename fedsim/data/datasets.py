@@ -7,8 +7,11 @@ generator from ``seed``. Register it in the `fedsim.datasets` entry-point group,
 register the same way. A class with ``argument`` set takes text after its registered name
 (``hf:<name>``), which it reads from ``data.dataset``.
 
-Every dataset is converted to the same two columns, ``x`` (float32, shaped as ``input_shape``)
-and ``label`` (int64), so models, partitioners and backends never special-case a dataset.
+Every dataset is converted to the same two columns, ``x`` (float32 features shaped as
+``input_shape``, or int64 token ids in [0, ``vocab_size``) for a text dataset) and ``label``
+(int64: a class per sample, or per position for next-token prediction, `fedsim.loss`), so
+models, partitioners and backends never special-case a dataset. A dataset with natural clients
+(writers, speaking roles, users) adds their ids as ``client_id`` (`fedsim.data.natural`).
 Hugging Face datasets (1.5 s) and torch (2.5 s) are imported when a dataset is built or its
 tensors are made, not with this module, so `fedsim list` and `fedsim.data` stay light.
 """
@@ -46,6 +49,7 @@ class DatasetBundle:
     test: datasets.Dataset
     num_classes: int
     input_shape: tuple[int, ...]
+    vocab_size: int = 0  # > 0: x holds token ids in [0, vocab_size) (a model with inputs = "tokens")
     _tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -58,21 +62,25 @@ class DatasetBundle:
         test: tuple[np.ndarray, np.ndarray],
         num_classes: int,
         client_ids: np.ndarray | None = None,
+        vocab_size: int = 0,
     ) -> DatasetBundle:
-        """A bundle of numpy (x, y) pairs, x shaped [n, *input_shape]; `client_ids` adds the
-        `client_id` column a natural split reads. What a dataset plugin's `load` returns."""
-        train_ds = _to_dataset(*train, client_ids=client_ids)
-        return cls(name, train_ds, _to_dataset(*test), num_classes, tuple(train[0].shape[1:]))
+        """A bundle of numpy (x, y) pairs, x shaped [n, *input_shape] (token ids when `vocab_size`
+        > 0), y [n] or [n, positions]; `client_ids` adds the `client_id` column a natural split
+        reads. What a dataset plugin's `load` returns."""
+        train_ds = _to_dataset(*train, client_ids=client_ids, tokens=vocab_size > 0)
+        test_ds = _to_dataset(*test, tokens=vocab_size > 0)
+        return cls(name, train_ds, test_ds, num_classes, tuple(train[0].shape[1:]), vocab_size)
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x float32 [n, *input_shape], y int64 [n]) of "train" or "test", converted once and cached."""
+        """(x [n, *input_shape] float32, or int64 token ids; y int64 [n] or [n, positions]) of
+        "train" or "test", converted once and cached."""
         if split not in ("train", "test"):
             raise ConfigError(f"unknown split {split!r}: use 'train' or 'test'")
         if split not in self._tensors:
             import torch
 
             cols = numpy_columns(getattr(self, split), "x", "label")
-            x = torch.from_numpy(np.ascontiguousarray(cols["x"], dtype=np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(cols["x"], dtype=np.int64 if self.vocab_size else np.float32))
             y = torch.from_numpy(np.ascontiguousarray(cols["label"], dtype=np.int64))
             self._tensors[split] = (x.reshape(len(y), *self.input_shape), y)
         return self._tensors[split]
@@ -106,28 +114,36 @@ def load_dataset(name: str, *, seed: int, **data: Any) -> DatasetBundle:
     return make("dataset", name).load(section, seed)
 
 
-def _to_dataset(x: np.ndarray, y: np.ndarray, client_ids: np.ndarray | None = None) -> datasets.Dataset:
-    """Build an in-memory Dataset; x goes in as an Arrow array, which is ~7x faster than from numpy."""
+def _to_dataset(
+    x: np.ndarray, y: np.ndarray, client_ids: np.ndarray | None = None, tokens: bool = False
+) -> datasets.Dataset:
+    """Build an in-memory Dataset; arrays go in as Arrow arrays, which is ~7x faster than from numpy."""
     import datasets
-    import pyarrow as pa
-    from datasets.features.features import numpy_to_pyarrow_listarray
 
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    shape = x.shape[1:]
-    if len(shape) == 1:
-        feature = datasets.List(datasets.Value("float32"), length=shape[0])
-        storage = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), shape[0])
-    elif 2 <= len(shape) <= 5:
-        feature = getattr(datasets, f"Array{len(shape)}D")(shape=shape, dtype="float32")
-        storage = numpy_to_pyarrow_listarray(x)
-    else:
-        raise ConfigError(f"samples of shape {shape} are not supported (1 to 5 dimensions)")
-    columns = {"x": storage, "label": np.asarray(y, dtype=np.int64)}
-    features = {"x": feature, "label": datasets.Value("int64")}
+    columns, features = {}, {}
+    for name, values, dtype in (("x", x, "int64" if tokens else "float32"), ("label", y, "int64")):
+        columns[name], features[name] = _arrow_column(np.ascontiguousarray(values, dtype=dtype), name)
     if client_ids is not None:
         columns["client_id"] = np.asarray(client_ids, dtype=np.int64)
         features["client_id"] = datasets.Value("int64")
     return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+
+
+def _arrow_column(values: np.ndarray, name: str) -> tuple[Any, Any]:
+    """(Arrow storage, datasets feature) of an [n, *shape] array: a scalar, fixed-length list or ND array."""
+    import datasets
+    import pyarrow as pa
+    from datasets.features.features import numpy_to_pyarrow_listarray
+
+    shape, dtype = values.shape[1:], str(values.dtype)
+    if not shape:
+        return values, datasets.Value(dtype)
+    if len(shape) == 1:
+        storage = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), shape[0])
+        return storage, datasets.List(datasets.Value(dtype), length=shape[0])
+    if len(shape) <= 5:
+        return numpy_to_pyarrow_listarray(values), getattr(datasets, f"Array{len(shape)}D")(shape=shape, dtype=dtype)
+    raise ConfigError(f"{name} of shape {shape} per sample is not supported (1 to 5 dimensions)")
 
 
 class Digits(Dataset):
@@ -237,45 +253,70 @@ class HubDataset(Dataset):
 
     Loaded from ``data.path`` (a save_to_disk directory or a load_dataset source) when given,
     else from the hub; without a test split, ``test_fraction`` of train is held out (seeded,
-    stratified when the label is a ClassLabel).
+    stratified when the label is a ClassLabel). ``data.partition_by`` names a column whose values
+    are natural clients (`fedsim.data.natural`); then a dataset without a test split is split per
+    client, as LEAF does.
     """
 
     argument: ClassVar[str] = "name"
 
     def load(self, data: DataConfig, seed: int) -> DatasetBundle:
-        return _hub(data.dataset, data.path, seed, data.test_fraction)
+        return _hub(data, seed)
 
 
-def _hub(name: str, path: str, seed: int, test_fraction: float) -> DatasetBundle:
+def _hub(data: DataConfig, seed: int) -> DatasetBundle:
     import datasets
 
-    raw = _load_raw(name, path)
-    if isinstance(raw, datasets.Dataset):
-        raw = datasets.DatasetDict(train=raw)
+    from fedsim.data import natural
+
+    name = data.dataset
+    raw = hub_splits(name, name[3:], data.path)
     if "train" not in raw:
         raise ConfigError(f"dataset {name!r} has no 'train' split (splits: {', '.join(raw)})")
-    if "test" not in raw:
-        train = raw["train"]
-        label_col = _pick_columns(train, name)[1]
-        stratify = label_col if isinstance(train.features[label_col], datasets.ClassLabel) else None
-        raw = train.train_test_split(test_size=test_fraction, seed=seed, stratify_by_column=stratify)
-    train, test = raw["train"], raw["test"]
+    train = raw["train"]
     x_col, y_col = _pick_columns(train, name)
-    x_tr, y_tr = _features_and_labels(train, x_col, y_col, name)
-    x_te, y_te = _features_and_labels(test, x_col, y_col, name)
+    clients = None
+    if data.partition_by:
+        values = _column(train, natural.natural_column(train.column_names, data.partition_by, name))
+        if "test" in raw:
+            rows, clients = natural.client_rows(values, data.client_fraction, seed)
+            train = train.select(rows)
+        else:
+            split = natural.natural_split(values, data.client_fraction, data.test_fraction, seed)
+            raw = datasets.DatasetDict(train=train.select(split.train), test=train.select(split.test))
+            train, clients = raw["train"], split.train_clients
+    if "test" not in raw:
+        stratify = y_col if isinstance(train.features[y_col], datasets.ClassLabel) else None
+        raw = train.train_test_split(test_size=data.test_fraction, seed=seed, stratify_by_column=stratify)
+        train = raw["train"]
+    test = raw["test"]
+    x_tr, y_tr = features_and_labels(train, x_col, y_col, name)
+    x_te, y_te = features_and_labels(test, x_col, y_col, name)
     label_feature = train.features[y_col]
     if isinstance(label_feature, datasets.ClassLabel):
         num_classes = label_feature.num_classes
     else:
         num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    return DatasetBundle.from_arrays(name, (x_tr, y_tr), (x_te, y_te), num_classes)
+    return DatasetBundle.from_arrays(name, (x_tr, y_tr), (x_te, y_te), num_classes, clients)
 
 
-def _load_raw(name: str, path: str) -> datasets.Dataset | datasets.DatasetDict:
+def _column(ds: datasets.Dataset, name: str) -> np.ndarray:
+    """One column's values as a numpy array (strings as objects), straight from Arrow."""
+    return np.asarray(ds.data.column(name).to_numpy(zero_copy_only=False))
+
+
+def hub_splits(name: str, hub_name: str, path: str) -> datasets.DatasetDict:
+    """The splits of dataset `name`: from `path` when given, else hub dataset `hub_name`."""
+    import datasets
+
+    raw = _load_raw(name, hub_name, path)
+    return datasets.DatasetDict(train=raw) if isinstance(raw, datasets.Dataset) else raw
+
+
+def _load_raw(name: str, hub_name: str, path: str) -> datasets.Dataset | datasets.DatasetDict:
     """Load from ``path`` when given, else from the hub, failing fast with one line when offline."""
     import datasets
 
-    hub_name = name[3:]
     if path:
         try:
             if os.path.isdir(path) and any(
@@ -339,7 +380,7 @@ def _pick_columns(ds: datasets.Dataset, name: str) -> tuple[str, str]:
     return x_col, label_col
 
 
-def _features_and_labels(
+def features_and_labels(
     ds: datasets.Dataset, x_col: str, y_col: str, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode a split to (x float32 channels-first, y int64); integer pixels are scaled to [0, 1]."""
@@ -354,3 +395,44 @@ def _features_and_labels(
     elif x.ndim == 4 and x.shape[-1] <= 4 < x.shape[1]:  # (n, H, W, C) -> (n, C, H, W)
         x = x.transpose(0, 3, 1, 2)
     return x, y
+
+
+COLUMN_KINDS = {  # what `require_columns` accepts for each kind of column
+    "image": "an image (datasets.Image or an array of pixels)",
+    "class": "class labels (datasets.ClassLabel)",
+    "integer": "integers",
+    "string": "strings",
+    "any": "any values",
+}
+
+
+def require_columns(ds: datasets.Dataset, name: str, columns: dict[str, str]) -> None:
+    """One ConfigError line, naming the columns found, unless `ds` has each column with its kind."""
+    import datasets
+
+    found = ", ".join(f"{c} ({_kind(f)})" for c, f in ds.features.items())
+    for column, kind in columns.items():
+        if column not in ds.features:
+            raise ConfigError(f"dataset {name!r} has no column {column!r}; columns: {found}")
+        feature = ds.features[column]
+        ok = {
+            "image": isinstance(feature, (datasets.Image, datasets.Array2D, datasets.Array3D)),
+            "class": isinstance(feature, datasets.ClassLabel),
+            "integer": isinstance(feature, (datasets.ClassLabel, datasets.Value)) and _kind(feature).startswith("int"),
+            "string": isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"),
+            "any": True,
+        }[kind]
+        if not ok:
+            raise ConfigError(
+                f"dataset {name!r}: column {column!r} must hold {COLUMN_KINDS[kind]}, not {_kind(feature)}; columns: {found}"
+            )
+
+
+def _kind(feature: Any) -> str:
+    """A feature's type in a few words: its dtype, ClassLabel, Image or its class name."""
+    dtype = getattr(feature, "dtype", None)
+    if type(feature).__name__ == "Value" and dtype:
+        return str(dtype)
+    if type(feature).__name__ == "ClassLabel":
+        return "int64 class label"
+    return type(feature).__name__

@@ -5,7 +5,8 @@
 - each client's local test share of its own partition (`data.client_test_fraction`), so a
   client's test data follows its own label skew (federated evaluation).
 
-Both keep at least one training sample wherever there was one (`labelled_mask`'s rule).
+Both keep at least one training sample wherever there was one (`labelled_mask`'s rule), and
+stratify by each sample's class (a sequence's final target, `fedsim.loss.sample_labels`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from fedsim import seeding
 from fedsim.data.datasets import DatasetBundle
 from fedsim.data.labels import labelled_mask
+from fedsim.loss import sample_labels
 
 Split = tuple[torch.Tensor, torch.Tensor]
 
@@ -27,7 +29,7 @@ def split_validation(dataset: DatasetBundle, fraction: float, seed: int) -> tupl
     if fraction == 0:
         return dataset, None
     x, y = dataset.tensors("train")
-    keep = labelled_mask(y.numpy(), 1 - fraction, seeding.numpy_rng(seed, "validation"))
+    keep = labelled_mask(sample_labels(y).numpy(), 1 - fraction, seeding.numpy_rng(seed, "validation"))
     reduced = dataclasses.replace(dataset, train=dataset.train.select(np.flatnonzero(keep)))
     held = torch.from_numpy(~keep)
     return reduced, (x[held], y[held])
@@ -42,7 +44,7 @@ def split_client_test(client_data: list[Split], fraction: float, seed: int) -> t
             keep = torch.ones(len(y), dtype=torch.bool)
         else:
             rng = seeding.numpy_rng(seed, "client_test", cid)
-            keep = torch.from_numpy(labelled_mask(y.numpy(), 1 - fraction, rng))
+            keep = torch.from_numpy(labelled_mask(sample_labels(y).numpy(), 1 - fraction, rng))
         train.append((x[keep], y[keep]))
         test.append((x[~keep], y[~keep]))
     return train, test

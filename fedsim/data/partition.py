@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -49,7 +49,15 @@ class Partition:
 
 
 class Partitioner:
-    """The partitioner interface: per-client sample indices of the train split."""
+    """The partitioner interface: per-client sample indices of the train split.
+
+    `by_label`: the split reads each sample's class, which a dataset with a target per position
+    (next-token prediction) does not have. `counts_clients`: the split finds its clients in the
+    data (one per natural client), so it accepts `data.num_clients = 0` for "as many as there are".
+    """
+
+    by_label: ClassVar[bool] = False
+    counts_clients: ClassVar[bool] = False
 
     def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
         raise NotImplementedError
@@ -68,12 +76,22 @@ def partition_dataset(train: datasets.Dataset, name: str, *, num_clients: int, s
     """
     section = build_section(DataConfig, {**data, "num_clients": num_clients, "partitioner": name}, "data.")
     partitioner = make("partitioner", name)
+    require_client_count(partitioner, num_clients)
+    import datasets
+
+    if partitioner.by_label and not isinstance(train.features["label"], datasets.Value):
+        raise ConfigError(
+            f"partitioner '{name}' splits by class, but the dataset has a target per position: "
+            "use partitioner natural, iid or quantity"
+        )
     _check_capacity(len(train), num_clients, section.min_partition_size)
     return partitioner.partition(train, num_clients, seed, section)
 
 
 class Dirichlet(Partitioner):
     """Label skew: per class, client shares ~ Dir(alpha); repaired so no client is below min size."""
+
+    by_label = True
 
     def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
         _check_scalars(num_clients, data.alpha, data.min_partition_size)
@@ -103,7 +121,10 @@ class Quantity(Partitioner):
 
 
 class Natural(Partitioner):
-    """One client per value of the dataset's client_id column (e.g. synthetic)."""
+    """One client per value of the dataset's client_id column (synthetic, femnist, shakespeare,
+    sent140, data.partition_by); num_clients = 0 takes them all."""
+
+    counts_clients = True
 
     def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
         return _sorted(_natural_split(train, num_clients))
@@ -111,6 +132,8 @@ class Natural(Partitioner):
 
 class Shard(Partitioner):
     """FedAvg shards: label-sorted data cut into shards, shards_per_client random shards per client."""
+
+    by_label = True
 
     def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
         labels = numpy_columns(train, "label")["label"]
@@ -129,6 +152,8 @@ class Shard(Partitioner):
 
 class Pathological(Partitioner):
     """Each client holds exactly classes_per_client classes (Flower's PathologicalPartitioner)."""
+
+    by_label = True
 
     def partition(self, train: datasets.Dataset, num_clients: int, seed: int, data: DataConfig) -> Partition:
         labels = numpy_columns(train, "label")["label"]
@@ -214,6 +239,15 @@ def _check_scalars(num_clients: int, alpha: float, min_partition_size: int) -> N
         raise ConfigError(f"min_partition_size must be >= 0, got {min_partition_size}")
 
 
+def require_client_count(partitioner: Partitioner, num_clients: int) -> None:
+    """num_clients = 0 means "one per natural client", which only a partitioner that counts them has."""
+    if num_clients == 0 and not partitioner.counts_clients:
+        raise ConfigError(
+            "data.num_clients = 0 (one client per natural client) needs a partitioner of natural clients "
+            "(data.partitioner = 'natural'); set data.num_clients >= 1"
+        )
+
+
 def _check_capacity(n: int, num_clients: int, min_partition_size: int) -> None:
     need = num_clients * max(min_partition_size, 1)
     if need > n:
@@ -275,21 +309,22 @@ def _quantity_sizes(
 
 
 def _natural_split(train: datasets.Dataset, num_clients: int) -> list[np.ndarray]:
-    """One client per distinct client_id, in ascending id order (as Flower's NaturalIdPartitioner)."""
+    """One client per distinct client_id, in ascending id order (as Flower's NaturalIdPartitioner);
+    `num_clients` 0 takes however many there are."""
     if "client_id" not in train.column_names:
         raise ConfigError(
-            "partitioner 'natural' needs a dataset with a client_id column (e.g. synthetic); "
-            "choose another partitioner"
+            "partitioner 'natural' needs a dataset with natural clients (synthetic, femnist, shakespeare, "
+            "sent140, or hf:<name> with data.partition_by=<column>); choose another partitioner"
         )
     ids = numpy_columns(train, "client_id")["client_id"]
     unique, inverse = np.unique(ids, return_inverse=True)
-    if len(unique) != num_clients:
+    if num_clients and len(unique) != num_clients:
         raise ConfigError(
             f"the dataset has {len(unique)} natural clients but num_clients is {num_clients}: "
-            f"set num_clients={len(unique)}"
+            f"set num_clients={len(unique)} (or 0: as many as there are)"
         )
     order = np.argsort(inverse, kind="stable")
-    return np.split(order, np.cumsum(np.bincount(inverse, minlength=num_clients))[:-1])
+    return np.split(order, np.cumsum(np.bincount(inverse, minlength=len(unique)))[:-1])
 
 
 def _flower_split(partitioner: FlowerPartitioner, labels: np.ndarray, name: str, num_clients: int) -> list[np.ndarray]:
