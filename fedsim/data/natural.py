@@ -2,7 +2,7 @@
 Flower Datasets' `NaturalIdPartitioner` makes them, with LEAF's sampling of clients and LEAF's
 per-client train/test split.
 
-- `client_codes`: the column's values as client ids 0..K-1 in order of first appearance, the
+- `client_codes`: the column's values as client ids 0..K-1 in sorted order of the values, the
   order `NaturalIdPartitioner` numbers its partitions in (partition i is client i).
 - `sample_clients`: keep a seeded share of the clients (`data.client_fraction`, LEAF's sampling
   of users), renumbered 0..k-1 in the same order.
@@ -25,11 +25,8 @@ from fedsim.errors import ConfigError
 
 
 def client_codes(values: np.ndarray) -> np.ndarray:
-    """Client id (int64) of every row: the rank of its value's first appearance."""
-    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inverse.reshape(-1)]
+    """Client id (int64) of every row: its value's rank among the sorted distinct values."""
+    return np.unique(values, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def sample_clients(codes: np.ndarray, fraction: float, seed: int) -> np.ndarray:

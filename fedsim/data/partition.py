@@ -203,8 +203,8 @@ def heterogeneity(partition: Partition, labels: np.ndarray, num_classes: int) ->
 
     ``label_tv``: sample-weighted mean total-variation distance between each client's label
     distribution and the whole train split's (0 = IID, towards 1 = one class per client);
-    ``size_cv``: coefficient of variation of client sizes; ``min_size``, ``max_size``,
-    ``empty_clients``; ``moved``: samples moved by the Dirichlet repair.
+    ``clients``; ``mean_size``, ``std_size``, ``size_cv`` (their ratio), ``min_size``, ``max_size``
+    of the clients' sample counts; ``empty_clients``; ``moved``: samples moved by the Dirichlet repair.
     """
     counts = _label_counts(partition, labels, num_classes)
     sizes = counts.sum(axis=1)
@@ -213,6 +213,9 @@ def heterogeneity(partition: Partition, labels: np.ndarray, num_classes: int) ->
     tv = 0.5 * np.abs(client_dist - global_dist).sum(axis=1)
     return {
         "label_tv": float((tv * sizes).sum() / max(sizes.sum(), 1)),
+        "clients": float(len(sizes)),
+        "mean_size": float(sizes.mean()),
+        "std_size": float(sizes.std()),
         "size_cv": float(sizes.std() / sizes.mean()) if sizes.mean() > 0 else 0.0,
         "min_size": float(sizes.min()),
         "max_size": float(sizes.max()),
