@@ -139,13 +139,21 @@ def error_details(error: BaseException | None) -> str:
 
 
 def save_weights(
-    path: Path, params: dict[str, torch.Tensor], model_name: str, input_shape: tuple[int, ...], num_classes: int
+    path: Path,
+    params: dict[str, torch.Tensor],
+    model_name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    vocab_size: int = 0,
 ) -> None:
-    """The weights, with what rebuilding their network needs beside the config (`load_model`).
+    """The weights, with what rebuilding their network needs beside the config (`load_model`):
+    the input shape, the number of classes and, for a dataset with one, the vocabulary size.
 
     Written as bytes through `open`, so the file gets the same permissions as the run's others.
     """
     metadata = {"model": model_name, "input_shape": json.dumps(list(input_shape)), "num_classes": str(num_classes)}
+    if vocab_size:
+        metadata["vocab_size"] = str(vocab_size)
     path.write_bytes(save({k: v.detach().cpu().contiguous() for k, v in params.items()}, metadata=metadata))
 
 
@@ -158,7 +166,8 @@ def load_model(run_dir: str | Path) -> nn.Module:
     """The network a finished run trained, with its final global weights, in eval mode.
 
     Built from the run's own `config.toml` (its `[model]` table, plugins included) for the
-    input shape and number of classes recorded with the weights; no dataset is loaded.
+    input shape, number of classes and vocabulary size recorded with the weights; no dataset is
+    loaded.
     """
     from fedsim.config import load_config
     from fedsim.models import build_model
@@ -171,7 +180,13 @@ def load_model(run_dir: str | Path) -> nn.Module:
         metadata = f.metadata() or {}
     if "input_shape" not in metadata:
         raise ConfigError(f"{run_dir / WEIGHTS_FILE} does not record its input shape; rerun with this fedsim")
-    model = build_model(config.model, tuple(json.loads(metadata["input_shape"])), int(metadata["num_classes"]), config.seed)
+    model = build_model(
+        config.model,
+        tuple(json.loads(metadata["input_shape"])),
+        int(metadata["num_classes"]),
+        config.seed,
+        int(metadata.get("vocab_size", 0)),
+    )
     missing, unexpected = model.load_state_dict(load_weights(run_dir), strict=False)
     params = dict(model.named_parameters())
     if unexpected or any(name in params for name in missing):

@@ -16,7 +16,7 @@ from fedsim.cohort import cohort_size, reporting_size
 from fedsim.config import Config, config_from_dict
 from fedsim.data.partition import require_client_count
 from fedsim.errors import ConfigError
-from fedsim.plugins import build_strategy, build_trainer, make, resolved
+from fedsim.plugins import build_strategy, build_trainer, make, plugin_class, resolved
 from fedsim.trainer import has_personal_models
 
 
@@ -40,6 +40,7 @@ def validate(config: Config) -> None:
     validate_ray(config)
     resolve_device(config.engine.device)
     validate_trainer(config)
+    validate_model(config)
     a = config.attack
     _require(a.name == "none" or a.fraction > 0, f"attack.name='{a.name}' needs attack.fraction > 0 (the share of attackers)")
     _require(a.name != "none" or a.fraction == 0, "attack.fraction > 0 needs an attack.name (sign_flip, gaussian, label_flip, scaled)")
@@ -84,11 +85,24 @@ def validate_trainer(config: Config) -> None:
         f"eval.finetune_steps fine-tunes the global model, but trainer '{trainer.name}' keeps personal "
         "models of its own: set eval.finetune_steps=0",
     )
-    if trainer.vectorizes:
-        return
-    e, name = config.engine, trainer.name
-    refusal = f"trainer '{name}' trains one client at a time, which the vectorized backend cannot run"
-    _require(e.backend != "vectorized", f"{refusal}; set engine.backend=serial")
+    if not trainer.vectorizes:
+        refusal = f"trainer '{trainer.name}' trains one client at a time, which the vectorized backend cannot run"
+        refuse_vectorized(config, refusal)
+
+
+def validate_model(config: Config) -> None:
+    """Backends that train vmapped chunks need a model that runs under vmap (`Model.vectorizes`)."""
+    name = config.model["name"]
+    if not plugin_class("model", name).vectorizes:
+        refusal = f"model '{name}' does not run under torch.func.vmap, which the vectorized backend needs"
+        refuse_vectorized(config, refusal)
+
+
+def refuse_vectorized(config: Config, refusal: str) -> None:
+    """Refuse, for `refusal`, the backends that train vmapped chunks: the vectorized backend and
+    Ray workers training vectorized."""
+    e = config.engine
+    _require(e.backend != "vectorized", f"{refusal}; set engine.backend=serial (or ray)")
     _require(e.backend != "ray" or e.worker_backend != "vectorized", f"{refusal}; set engine.worker_backend=serial")
 
 

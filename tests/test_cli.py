@@ -66,6 +66,22 @@ def test_bad_input_is_one_line_on_stderr_and_exit_2(override, fragment, tmp_path
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+def test_a_model_that_does_not_vectorize_on_the_vectorized_backend_is_one_line_and_exit_2(tmp_path):
+    overrides = ["model.name=lstm", "model.hidden=256", "engine.backend=vectorized"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "run", str(QUICKSTART), *(f"--set={o}" for o in overrides),
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "COLUMNS": "400"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr and proc.stdout == "", proc.stderr
+    assert lines[0] == (
+        "error: model 'lstm' does not run under torch.func.vmap, which the vectorized backend needs; "
+        "set engine.backend=serial (or ray)"
+    )
+
+
 def test_missing_config_file_is_exit_2(tmp_path):
     result = runner.invoke(app, ["run", str(tmp_path / "missing.toml")])
     assert result.exit_code == 2

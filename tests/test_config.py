@@ -86,3 +86,19 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     path.write_text(c.to_toml())
     assert load_config(path) == c
     assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize(
+    "engine, fix",
+    [
+        (["engine.backend=vectorized"], "; set engine.backend=serial (or ray)"),
+        (["engine.backend=ray", "engine.worker_backend=vectorized", "engine.device=cpu"], "; set engine.worker_backend=serial"),
+    ],
+)
+def test_a_model_that_does_not_vectorize_is_refused_where_clients_train_vmapped(engine, fix):
+    lstm = ["model.name=lstm", "model.hidden=256"]
+    validate(load_config(QUICKSTART, lstm))  # serial trains it
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(QUICKSTART, [*lstm, *engine]))
+    message = str(err.value)
+    assert message.startswith("model 'lstm' does not run under torch.func.vmap") and message.endswith(fix)

@@ -142,7 +142,7 @@ def test_file_plugins_work_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     "kind, name, message",
     [
-        ("model", "vit", "unknown model 'vit'; choose one of: cnn, mlp, (.*, )?resnet110_gn"),
+        ("model", "vit", "unknown model 'vit'; choose one of: cifar_cnn, cnn, (.*, )?mlp, (.*, )?resnet110_gn"),
         ("model", "resnet18", "did you mean 'resnet18_gn'"),
         ("model", "fedsim.data.datasets:Digits", "not a dataclass subclass of fedsim.models.Model"),
         ("dataset", "fedsim.models:MLP", "not a subclass of fedsim.data.datasets.Dataset"),

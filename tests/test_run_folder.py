@@ -13,10 +13,13 @@ from typer.testing import CliRunner
 
 from fedsim.checkpoint import prepare_run
 from fedsim.cli import app
+from fedsim.config import load_config
 from fedsim.data import load_dataset
 from fedsim.divergence import DivergenceWatch
 from fedsim.errors import ConfigError, PluginFailed
-from fedsim.results import claim_run_folder, load_model, load_weights
+from fedsim.models import build_model
+from fedsim.plugins import resolved
+from fedsim.results import claim_run_folder, load_model, load_weights, save_weights
 from tests.conftest import QUICKSTART, ROOT, small_config
 
 FAILING_STRATEGY = """
@@ -157,6 +160,17 @@ def test_weights_are_readable_like_every_other_file_and_rebuild_the_model(tmp_pa
     with torch.no_grad():
         correct = int((model(x).argmax(1) == y).sum())
     assert correct / len(y) == summary(tmp_path)["final_accuracy"]
+
+
+def test_weights_record_the_datasets_vocabulary_so_a_token_model_rebuilds(tmp_path):
+    config = resolved(load_config(QUICKSTART, ["model.name=text", "model.hidden=16"]))
+    (tmp_path / "config.toml").write_text(config.to_toml())
+    trained = build_model(config.model, (12,), 2, seed=5, vocab_size=40)
+    save_weights(tmp_path / "model.safetensors", trained.state_dict(), "text", (12,), 2, vocab_size=40)
+    model = load_model(tmp_path)
+    assert model.embed.num_embeddings == 40
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor)
 
 
 def test_load_model_of_an_unfinished_run_says_so(tmp_path):
