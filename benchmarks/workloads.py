@@ -66,6 +66,44 @@ def write_cifar10_shaped(path: Path = CIFAR10_SHAPED, sizes: dict[str, int] = CI
     datasets.DatasetDict(splits).save_to_disk(str(path))
 
 
+FEMNIST_SHAPED = ROOT / "benchmarks" / "data" / "femnist_shaped"  # git-ignored; made on first use
+FEMNIST_WRITERS = 3500
+LEAF_FEMNIST_SIZES = (226.83, 88.94)  # samples per writer, mean and std (LEAF, Caldas et al. 2018, Table 1)
+
+
+def write_femnist_shaped(path: Path = FEMNIST_SHAPED, writers: int = FEMNIST_WRITERS) -> None:
+    """Random 28x28 greyscale images of 62 classes by writer, in flwrlabs/femnist's columns (once).
+
+    Writers' sample counts are lognormal with LEAF's FEMNIST mean and std (at least 10), so the
+    cohort's work varies as on the real data; for timing only (it trains to chance accuracy). The
+    pixels are stored as uint8 arrays rather than PNG images so writing ~800k of them takes
+    seconds; fedsim's femnist loader reads either.
+    """
+    if (path / "dataset_dict.json").exists():
+        return
+    import datasets
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    mean, std = LEAF_FEMNIST_SIZES
+    sigma2 = np.log(1 + (std / mean) ** 2)
+    sizes = np.maximum(np.rint(rng.lognormal(np.log(mean) - sigma2 / 2, np.sqrt(sigma2), writers)), 10).astype(int)
+    n = int(sizes.sum())
+    features = datasets.Features({
+        "image": datasets.Array2D((28, 28), "uint8"),
+        "writer_id": datasets.Value("string"),
+        "hsf_id": datasets.Value("int64"),
+        "character": datasets.ClassLabel(num_classes=62),
+    })
+    columns = {
+        "image": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+        "writer_id": np.repeat([f"f{w:04d}_{w % 100:02d}" for w in range(writers)], sizes),
+        "hsf_id": np.repeat(rng.integers(0, 8, writers), sizes),
+        "character": rng.integers(0, 62, n),
+    }
+    datasets.DatasetDict(train=datasets.Dataset.from_dict(columns, features=features)).save_to_disk(str(path))
+
+
 DIGITS_MLP = (
     "data.dataset=digits",
     "data.partitioner=dirichlet",
@@ -126,6 +164,26 @@ WORKLOADS = {
         ),
         prepare=write_cifar10_shaped,
         default=False,  # a GPU workload: `--workloads cifar10_pfl --device cuda`
+    ),
+    "femnist": Workload(
+        f"FEMNIST shape: {FEMNIST_WRITERS} writers of random 28x28 images (LEAF's sizes, 227 +- 89 each), "
+        "35 per round, LEAF's CNN, batch 10, 1 local epoch",
+        3,
+        (
+            "data.dataset=femnist",
+            f"data.path={FEMNIST_SHAPED}",
+            "data.partitioner=natural",
+            "data.num_clients=0",
+            "data.test_fraction=0.01",  # a small central test set, so evaluation stays cheap
+            "model.name=femnist_cnn",
+            "train.lr=0.004",
+            "train.batch_size=10",
+            "train.local_epochs=1",
+            "train.clients_per_round=35",
+            "strategy.name=fedavg",
+        ),
+        prepare=write_femnist_shaped,
+        default=False,  # ~800k images: run it when named, `--workloads femnist`
     ),
 }
 

@@ -255,7 +255,8 @@ class Simulation:
     def divergence_watch(self) -> DivergenceWatch:
         """Divergence is judged against the initial model (so a resumed run judges alike)."""
         initial_loss, _ = self.evaluate()
-        majority = float(torch.bincount(self.y_test).max()) / len(self.y_test)
+        targets = self.y_test.flatten()  # every target position
+        majority = float(torch.bincount(targets).max()) / len(targets)
         t = self.config.train
         return DivergenceWatch(initial_loss, majority, t.diverge_loss_factor, t.diverge_chance_rounds)
 

@@ -84,7 +84,7 @@ def build_federation(config: Config) -> Federation:
     attackers = choose_attackers(config.attack, len(client_data), config.seed)
     if config.attack.name == "label_flip":
         client_data = poison(client_data, attackers, dataset.num_classes)
-    backbone = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed)
+    backbone = build_model(config.model, dataset.input_shape, dataset.num_classes, config.seed, dataset.vocab_size)
     model = trainer.build_model(backbone, dataset.input_shape, dataset.num_classes, config.seed).to(device)
     params = trainer.prepare(model, tree.clone(dict(model.named_parameters())))
     statistics = untrack_statistics(model)

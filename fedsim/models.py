@@ -336,12 +336,13 @@ def build_model(
     field that the config leaves at 0.
     """
     model = build_named("model", table)
+    if (model.inputs == "tokens") != (vocab_size > 0):
+        given, wanted = ("token ids", "features") if vocab_size else ("features", "token ids")
+        raise ConfigError(
+            f"model '{model.name}' takes {wanted}, but the dataset gives {given}: use a model for "
+            + ("token ids (lstm, text)" if vocab_size else "features (mlp, cnn, ...)")
+        )
     if "vocab_size" in {f.name for f in dataclasses.fields(model)} and model.vocab_size == 0:
-        if vocab_size == 0 and model.inputs == "tokens":
-            raise ConfigError(
-                f"model '{model.name}' embeds token ids but the dataset gives no vocabulary: "
-                "set model.vocab_size or use a text dataset"
-            )
         model = dataclasses.replace(model, vocab_size=vocab_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

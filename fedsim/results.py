@@ -121,7 +121,8 @@ class RunFolder(Callback):
         if error is None:
             # the ordinary network's weights: local learning's auxiliary nets are left out
             weights = sim.trainer.network_params(sim.params)
-            save_weights(self.path / WEIGHTS_FILE, weights, sim.config.model.name, sim.dataset.input_shape, sim.dataset.num_classes)
+            d = sim.dataset
+            save_weights(self.path / WEIGHTS_FILE, weights, sim.config.model.name, d.input_shape, d.num_classes, d.vocab_size)
         # last: a summary saying "finished" marks a complete run folder (fedsim sweep skips those)
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 

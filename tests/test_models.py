@@ -95,9 +95,11 @@ def test_a_token_model_takes_the_datasets_vocabulary_unless_the_config_sets_one(
     assert build_model({"name": "text"}, (10,), 2, seed=0, vocab_size=50).embed.num_embeddings == 50
     configured = build_model({"name": "text", "vocab_size": 20}, (10,), 2, seed=0, vocab_size=50)
     assert configured.embed.num_embeddings == 20
-    with pytest.raises(ConfigError, match="model 'lstm' embeds token ids but the dataset gives no vocabulary") as err:
+    with pytest.raises(ConfigError, match="model 'lstm' takes token ids, but the dataset gives features") as err:
         build_model({"name": "lstm"}, (10,), 2, seed=0)
     assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"model 'mlp' takes features, but the dataset gives token ids: .*\(lstm, text\)"):
+        build_model({"name": "mlp"}, (10,), 2, seed=0, vocab_size=50)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +112,8 @@ def test_a_token_model_takes_the_datasets_vocabulary_unless_the_config_sets_one(
     ids=lambda v: v["name"] if isinstance(v, dict) else "",
 )
 def test_benchmark_models_run_under_vmap_over_stacked_parameter_copies(table, x):
-    a, b = (build_model(table, tuple(x.shape[1:]), 5, seed=s, vocab_size=40) for s in (0, 1))
+    vocab = 40 if x.dtype == torch.int64 else 0
+    a, b = (build_model(table, tuple(x.shape[1:]), 5, seed=s, vocab_size=vocab) for s in (0, 1))
     stacked = {name: torch.stack([p, dict(b.named_parameters())[name]]) for name, p in a.named_parameters()}
     with torch.no_grad():
         both = vmap(lambda params: functional_call(a, params, (x,)))(stacked)
@@ -128,7 +131,7 @@ def test_the_lstm_says_it_does_not_vectorize_because_vmap_has_no_rule_for_it():
 
 @pytest.mark.parametrize("name", ["femnist_cnn", "cifar_cnn", "lstm", "text"])
 def test_benchmark_models_are_seeded(name):
-    table, shape = ({"name": name}, (3, 16, 16)) if name.endswith("cnn") else ({"name": name}, (8,))
-    a, b, c = (build_model(table, shape, 4, seed=s, vocab_size=20) for s in (7, 7, 8))
+    shape, vocab = ((3, 16, 16), 0) if name.endswith("cnn") else ((8,), 20)
+    a, b, c = (build_model({"name": name}, shape, 4, seed=s, vocab_size=vocab) for s in (7, 7, 8))
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fedsim import seeding
+from fedsim.loss import sample_labels
 
 
 def labelled_mask(labels: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -39,7 +40,7 @@ def split_labels(
     With ratio 1 every sample stays labelled and the unlabelled tensors are empty."""
     labelled, unlabelled, hidden = [], [], []
     for cid, (x, y) in enumerate(client_data):
-        mask = torch.from_numpy(labelled_mask(y.numpy(), ratio, seeding.numpy_rng(seed, "labels", cid)))
+        mask = torch.from_numpy(labelled_mask(sample_labels(y).numpy(), ratio, seeding.numpy_rng(seed, "labels", cid)))
         labelled.append((x[mask], y[mask]))
         unlabelled.append(x[~mask])
         hidden.append(y[~mask])
