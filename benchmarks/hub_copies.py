@@ -66,9 +66,8 @@ CIFAR100_SUPERCLASSES = {  # coarse name -> its five fine classes, as CIFAR-100 
 }
 CIFAR100_COARSE_NAMES = list(CIFAR100_SUPERCLASSES)
 CIFAR100_FINE_NAMES = sorted(fine for fines in CIFAR100_SUPERCLASSES.values() for fine in fines)
-CIFAR100_COARSE_OF_FINE = np.array(
-    [next(c for c, fines in enumerate(CIFAR100_SUPERCLASSES.values()) if f in fines) for f in CIFAR100_FINE_NAMES]
-)
+_COARSE_BY_FINE = {fine: c for c, fines in enumerate(CIFAR100_SUPERCLASSES.values()) for fine in fines}
+CIFAR100_COARSE_OF_FINE = np.array([_COARSE_BY_FINE[f] for f in CIFAR100_FINE_NAMES])  # fine label -> coarse
 
 
 def _save(splits: dict[str, dict], features: datasets.Features, path: Path) -> Path:
@@ -164,13 +163,16 @@ def write_femnist(
     own style (an offset, bolder or thinner ink, contrast, noise), one HSF partition
     (``hsf_id``) and its own class mix (digits more frequent than letters, as in FEMNIST), and
     writes between ``samples[0]`` and ``samples[1]`` characters (inclusive). Rows are grouped by
-    writer, as on the hub. ``classes`` < 62 draws only the first ``classes`` characters (the
-    label column keeps all 62), and ``jitter`` is each sample's random shift in pixels beyond its
-    writer's: fewer classes and no jitter make a copy a CI-sized run learns.
+    writer, as on the hub. A class is told apart by where its strokes are, so a CNN that flattens
+    its feature maps (LEAF's) learns it in a few hundred SGD steps, one that only averages them
+    globally (fedsim's `cnn`) much more slowly unless it normalises (``norm = "batch"``).
+    ``classes`` < 62 draws only the first ``classes`` characters (the label column keeps all 62)
+    and ``jitter`` is each sample's random shift in pixels beyond its writer's: fewer classes and
+    no jitter make a copy a CI-sized federated run learns.
     """
     rng = np.random.default_rng(seed)
     protos = _character_prototypes(rng)
-    base = np.where(np.arange(classes) < 10, 3.0, 1.0)
+    base = np.where(np.arange(classes) < 10, 3.0, 1.0)  # the class mix over the first `classes` characters
     columns: dict[str, list] = {"image": [], "writer_id": [], "hsf_id": [], "character": []}
     for w in range(writers):
         writer_id = f"f{w:04d}_{rng.integers(0, 100):02d}"
@@ -178,7 +180,7 @@ def write_femnist(
         shift = rng.integers(-2, 3, 2)
         bold = rng.random() < 0.4
         ink, background, noise = rng.uniform(0.6, 1.0), rng.uniform(0.9, 1.0), rng.uniform(0.02, 0.1)
-        p = rng.dirichlet(3.0 * base)  # over the first `classes` characters
+        p = rng.dirichlet(3.0 * base)
         n = int(rng.integers(samples[0], samples[1] + 1))
         labels = rng.choice(len(base), size=n, p=p)
         images = np.empty((n, 28, 28), dtype=np.uint8)
@@ -224,9 +226,8 @@ SHAKESPEARE_ROLES = [  # (play, speaking role), as LEAF names a client: PLAY_ROL
 def shakespeare_features() -> datasets.Features:
     import datasets
 
-    return datasets.Features(
-        {"character_id": datasets.Value("string"), "x": datasets.Value("string"), "y": datasets.Value("string")}
-    )
+    string = datasets.Value("string")
+    return datasets.Features({"character_id": string, "x": string, "y": string})
 
 
 def _role_ids(roles: int) -> list[str]:
@@ -273,7 +274,9 @@ def write_shakespeare(
     Each role speaks its own English-like text (`_role_text`, drawn from a small fixed vocabulary,
     all in LEAF's 80-character vocabulary) and contributes between ``windows[0]`` and
     ``windows[1]`` rows: row i has ``x = text[i:i+80]`` and ``y = text[i+80]``, so a role's rows
-    are consecutive, overlapping windows in the text's order (the data is temporal).
+    are consecutive, overlapping windows in the text's order (the data is temporal). A role needs
+    a few hundred windows to keep test windows after LEAF's temporal split, which drops the 79
+    after its training ones (`fedsim.data.natural`).
     """
     rng = np.random.default_rng(seed)
     columns: dict[str, list] = {"character_id": [], "x": [], "y": []}
@@ -300,7 +303,7 @@ SENT140_FILLER = (
     "i the today work just my going to so at home now is it day this morning night "
     "with and class for in on you lol really time back got"
 ).split()
-SENT140_QUERIES = ["kindle2", "aig", "jquery", "obama", "nike", "lebron", "iphone", "visa", "safeway", "google"]
+SENT140_QUERIES = "kindle2 aig jquery obama nike lebron iphone visa safeway google".split()
 _NAMES = "kat mike jen dan sam lily tom amy joe zoe max eve ben mia leo ana".split()
 _NAME_ENDINGS = ["", "_xo", "123", "88", "_music", "love", "_b", "2009", "fan", "x", "_22", "girl"]
 _WEEKDAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
@@ -322,10 +325,13 @@ def sent140_features() -> datasets.Features:
 
 
 def _user_names(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
+    """`n` Twitter-like user names not in `taken` (which they join), numbered where they would clash."""
     names: list[str] = []
-    while len(names) < n:
-        name = f"{rng.choice(_NAMES)}{rng.choice(_NAME_ENDINGS)}"
-        name = name if name not in taken else f"{name}{len(taken)}"
+    for _ in range(n):
+        name = base = f"{rng.choice(_NAMES)}{rng.choice(_NAME_ENDINGS)}"
+        k = 1
+        while name in taken:
+            name, k = f"{base}{k}", k + 1
         taken.add(name)
         names.append(name)
     return names
@@ -348,7 +354,9 @@ def _tweet(rng: np.random.Generator, sentiment: int, query: str = "") -> str:
     sometimes one word of the other sentiment, so a bag of words learns it but not perfectly."""
     words = [str(w) for w in rng.choice(SENT140_FILLER, int(rng.integers(3, 10)))]
     if sentiment != 2:
-        own, other = (SENT140_POSITIVE, SENT140_NEGATIVE) if sentiment == 4 else (SENT140_NEGATIVE, SENT140_POSITIVE)
+        own, other = (SENT140_POSITIVE, SENT140_NEGATIVE)
+        if sentiment == 0:
+            own, other = other, own
         words += [str(w) for w in rng.choice(own, int(rng.integers(1, 3)))]
         if rng.random() < 0.2:
             words.append(str(rng.choice(other)))
@@ -430,59 +438,97 @@ def cifar100_features() -> datasets.Features:
 
 
 def _colour_patterns(rng: np.random.Generator, n: int) -> np.ndarray:
-    """`n` smooth random colour patterns, float (n, 32, 32, 3) in [0, 255]: 4x4x3 noise upsampled bilinearly."""
+    """`n` smooth random colour patterns, float32 (n, 32, 32, 3) in [0, 255]: 4x4x3 noise, upsampled."""
     up = np.stack([np.interp(np.linspace(0, 3, 32), np.arange(4), e) for e in np.eye(4)], axis=1)  # (32, 4)
-    coarse = rng.uniform(0, 255, (n, 4, 4, 3))
-    return np.einsum("yi,nijc,xj->nyxc", up, coarse, up, optimize=True)
+    coarse = rng.uniform(0, 255, (n, 4, 4, 3)).astype(np.float32)
+    return np.einsum("yi,nijc,xj->nyxc", up.astype(np.float32), coarse, up.astype(np.float32), optimize=True)
 
 
-def _noisy_images(
-    rng: np.random.Generator, protos: np.ndarray, labels: np.ndarray, *, signal: float, clutter: float
+def _class_looks(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """`n` classes' looks: a smooth colour layout, a colour cast and stripes (angle, period, colour).
+
+    The cast and the stripes survive a CNN's global average pooling (fedsim's `cnn`), the layout
+    is where things are in the picture, so both pooling and flattening models can learn a class.
+    """
+    looks = {
+        "layout": _colour_patterns(rng, n),
+        "cast": rng.uniform(-1.0, 1.0, (n, 3)),
+        "angle": rng.uniform(0.0, np.pi, n),
+        "period": rng.uniform(3.0, 8.0, n),
+        "stripes": rng.uniform(-1.0, 1.0, (n, 3)),
+    }
+    return {key: value.astype(np.float32) for key, value in looks.items()}
+
+
+def _class_signal(
+    rng: np.random.Generator,
+    looks: dict[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    layout: float,
+    cast: float,
+    stripes: float,
 ) -> np.ndarray:
-    """Each label's pattern at ``signal`` strength over a random pattern of its own at ``clutter``
-    strength (so classes overlap as photos do), moved by up to 2 pixels, plus pixel noise; uint8."""
-    images = 127.5 + signal * (protos[labels] - 127.5) + clutter * (_colour_patterns(rng, len(labels)) - 127.5)
-    images = images.astype(np.float32)
-    shifts = rng.integers(-2, 3, (len(labels), 2)).tolist()
+    """Each label's look, centred on 0 (float32, (n, 32, 32, 3)): its layout at ``layout`` strength,
+    its cast of up to ``cast`` grey levels and its stripes of amplitude up to ``stripes``, each
+    image's stripes at a random phase."""
+    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
+    angle, period = looks["angle"][labels, None, None], looks["period"][labels, None, None]
+    phase = rng.uniform(0.0, 2 * np.pi, (len(labels), 1, 1)).astype(np.float32)
+    wave = np.sin(np.float32(2 * np.pi) * (np.cos(angle) * xx + np.sin(angle) * yy) / period + phase)
+    signal = layout * (looks["layout"][labels] - 127.5) + cast * looks["cast"][labels, None, None, :]
+    signal += stripes * wave[..., None] * looks["stripes"][labels, None, None, :]
+    return signal
+
+
+def _photos(rng: np.random.Generator, signal: np.ndarray, *, clutter: float, noise: float) -> np.ndarray:
+    """uint8 images of a class signal over a random colour pattern of each image's own at
+    ``clutter`` strength (so classes overlap, as photos do), moved by up to 2 pixels, plus noise."""
+    images = 127.5 + signal + clutter * (_colour_patterns(rng, len(signal)) - 127.5)
+    shifts = rng.integers(-2, 3, (len(signal), 2)).tolist()
     images = np.stack([_shifted(image, dy, dx, 127.5) for image, (dy, dx) in zip(images, shifts)])
-    images += 30.0 * rng.standard_normal(images.shape, dtype=np.float32)
+    images += noise * rng.standard_normal(images.shape, dtype=np.float32)
     return np.clip(images, 0, 255).astype(np.uint8)
 
 
 def write_cifar10(path: Path, *, seed: int = 0, train: int = 600, test: int = 200) -> Path:
     """CIFAR-10 as uoft-cs/cifar10: 32x32 RGB images of 10 classes, ``train`` and ``test`` rows.
 
-    Each class is a smooth random colour pattern; an image is its class's pattern over a random
-    pattern of its own, shifted by up to 2 pixels, plus pixel noise (`_noisy_images`), so a linear
-    model on pixels gets about 80% of the test split right, not all of it. Labels are uniform.
+    Each class has its own look (`_class_looks`: colour layout, colour cast, stripes); an image
+    is its class's look over clutter of its own, shifted, plus noise (`_photos`). Labels are
+    uniform over the classes.
     """
     rng = np.random.default_rng(seed)
-    protos = _colour_patterns(rng, len(CIFAR10_NAMES))
+    looks = _class_looks(rng, len(CIFAR10_NAMES))
     splits = {}
     for split, n in (("train", train), ("test", test)):
         labels = rng.integers(0, len(CIFAR10_NAMES), n)
-        splits[split] = {"img": _png(_noisy_images(rng, protos, labels, signal=0.5, clutter=1.0)), "label": labels.tolist()}
+        signal = _class_signal(rng, looks, labels, layout=0.5, cast=70.0, stripes=60.0)
+        splits[split] = {"img": _png(_photos(rng, signal, clutter=0.4, noise=20.0)), "label": labels.tolist()}
     return _save(splits, cifar10_features(), path)
 
 
 def write_cifar100(path: Path, *, seed: int = 0, train: int = 1000, test: int = 300) -> Path:
     """CIFAR-100 as uoft-cs/cifar100: 32x32 RGB images, 100 fine classes in 20 superclasses.
 
-    Labels carry CIFAR-100's real fine and coarse names and grouping. A fine class's pattern is
-    half its superclass's smooth colour pattern and half its own, so images of one superclass look
-    alike; an image is made from its fine class's pattern as in `write_cifar10`, with a stronger
-    signal, since each class has only about ``train / 100`` training images.
+    Labels carry CIFAR-100's real fine and coarse names and grouping. An image's signal is 30% its
+    superclass's look and 70% its fine class's (`_class_looks`), so a superclass's images look
+    alike; the looks are stronger and the clutter weaker than in `write_cifar10`, since each
+    class has only about ``train / 100`` training images.
     """
     rng = np.random.default_rng(seed)
-    coarse = _colour_patterns(rng, len(CIFAR100_COARSE_NAMES))
-    protos = 0.5 * coarse[CIFAR100_COARSE_OF_FINE] + 0.5 * _colour_patterns(rng, len(CIFAR100_FINE_NAMES))
+    coarse_looks = _class_looks(rng, len(CIFAR100_COARSE_NAMES))
+    fine_looks = _class_looks(rng, len(CIFAR100_FINE_NAMES))
     splits = {}
     for split, n in (("train", train), ("test", test)):
         fine = rng.integers(0, len(CIFAR100_FINE_NAMES), n)
+        coarse = CIFAR100_COARSE_OF_FINE[fine]
+        signal = 0.3 * _class_signal(rng, coarse_looks, coarse, layout=0.45, cast=130.0, stripes=130.0)
+        signal += 0.7 * _class_signal(rng, fine_looks, fine, layout=0.45, cast=130.0, stripes=130.0)
         splits[split] = {
-            "img": _png(_noisy_images(rng, protos, fine, signal=0.6, clutter=0.8)),
+            "img": _png(_photos(rng, signal, clutter=0.3, noise=15.0)),
             "fine_label": fine.tolist(),
-            "coarse_label": CIFAR100_COARSE_OF_FINE[fine].tolist(),
+            "coarse_label": coarse.tolist(),
         }
     return _save(splits, cifar100_features(), path)
 
