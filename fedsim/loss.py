@@ -16,7 +16,10 @@ import torch.nn.functional as F
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every target position of the batch."""
+    """Mean cross-entropy over every target position of the batch; float targets are class
+    probabilities shaped as the logits (pseudo-labels, `clients/semi_supervised.py`)."""
+    if targets.is_floating_point():
+        return F.cross_entropy(logits.flatten(0, -2), targets.flatten(0, -2))
     return F.cross_entropy(logits.flatten(0, -2), targets.flatten())
 
 
