@@ -29,6 +29,8 @@ from fedsim.errors import ConfigError
 if TYPE_CHECKING:
     import datasets
 
+    from fedsim.data.natural import NaturalSplit
+
 
 class NaturalBenchmark(Dataset):
     """A hub dataset whose samples belong to natural clients, split per client as LEAF does."""
@@ -49,11 +51,11 @@ class NaturalBenchmark(Dataset):
             np.asarray(train.data.column(by).to_numpy(zero_copy_only=False)),
             data.client_fraction, data.test_fraction, seed, self.temporal_gap,
         )
-        return self.encode(train.select(split.train), train.select(split.test), split.train_clients, data)
+        return self.encode(train, split, data)
 
-    def encode(
-        self, train: datasets.Dataset, test: datasets.Dataset, clients: np.ndarray, data: DataConfig
-    ) -> DatasetBundle:
+    def encode(self, train: datasets.Dataset, split: NaturalSplit, data: DataConfig) -> DatasetBundle:
+        """The bundle of `split`'s rows of `train`. Columns are read whole and indexed in numpy:
+        reading them through `select`'s index mapping is ~100x slower for image columns."""
         raise NotImplementedError
 
 
@@ -67,11 +69,10 @@ class FEMNIST(NaturalBenchmark):
     natural = "writer_id"
     columns = {"image": "image", "character": "class"}
 
-    def encode(self, train, test, clients, data):
-        x_tr, y_tr = features_and_labels(train, "image", "character", data.dataset)
-        x_te, y_te = features_and_labels(test, "image", "character", data.dataset)
+    def encode(self, train, split, data):
+        x, y = features_and_labels(train, "image", "character", data.dataset)
         num_classes = train.features["character"].num_classes
-        return DatasetBundle.from_arrays(data.dataset, (x_tr, y_tr), (x_te, y_te), num_classes, clients)
+        return split.bundle(data.dataset, x, y, num_classes)
 
 
 class Shakespeare(NaturalBenchmark):
@@ -88,22 +89,13 @@ class Shakespeare(NaturalBenchmark):
     window: ClassVar[int] = 80
     temporal_gap = window - 1  # LEAF's split_data.py: test windows start past the last training target
 
-    def encode(self, train, test, clients, data):
-        from fedsim.data.text import CHARACTER_VOCAB
+    def encode(self, train, split, data):
+        from fedsim.data.text import CHARACTER_VOCAB, encode_characters
 
-        arrays = [self.sequences(part) for part in (train, test)]
-        return DatasetBundle.from_arrays(
-            data.dataset, *arrays, CHARACTER_VOCAB, clients, vocab_size=CHARACTER_VOCAB
-        )
-
-    def sequences(self, part: datasets.Dataset) -> tuple[np.ndarray, np.ndarray]:
-        """(character ids of x, the next character at every position: x[1:] + y)."""
-        from fedsim.data.text import encode_characters
-
-        x, y = part["x"], part["y"]
-        inputs = encode_characters(list(x), self.window)
-        following = encode_characters(list(y), 1)
-        return inputs, np.concatenate([inputs[:, 1:], following], axis=1)
+        inputs = encode_characters(list(train["x"]), self.window)
+        following = encode_characters(list(train["y"]), 1)
+        targets = np.concatenate([inputs[:, 1:], following], axis=1)  # the next character at every position
+        return split.bundle(data.dataset, inputs, targets, CHARACTER_VOCAB, vocab_size=CHARACTER_VOCAB)
 
 
 class Sent140(NaturalBenchmark):
@@ -117,16 +109,14 @@ class Sent140(NaturalBenchmark):
     natural = "user"
     columns = {"text": "string", "sentiment": "integer"}
 
-    def encode(self, train, test, clients, data):
+    def encode(self, train, split, data):
         from fedsim.data.text import encode_words, word_vocabulary
 
-        tokenizer = word_vocabulary(list(train["text"]), data.vocabulary)  # the training text only
-        arrays = [
-            (encode_words(tokenizer, list(part["text"]), data.sequence_length), self.labels(part, data.dataset))
-            for part in (train, test)
-        ]
-        vocab = tokenizer.get_vocab_size()
-        return DatasetBundle.from_arrays(data.dataset, *arrays, 2, clients, vocab_size=vocab)
+        texts = np.asarray(train["text"], dtype=object)
+        tokenizer = word_vocabulary(texts[split.train].tolist(), data.vocabulary)  # the training text only
+        ids = encode_words(tokenizer, texts.tolist(), data.sequence_length)
+        labels = self.labels(train, data.dataset)
+        return split.bundle(data.dataset, ids, labels, 2, vocab_size=tokenizer.get_vocab_size())
 
     @staticmethod
     def labels(part: datasets.Dataset, name: str) -> np.ndarray:

@@ -50,6 +50,7 @@ class DatasetBundle:
     num_classes: int
     input_shape: tuple[int, ...]
     vocab_size: int = 0  # > 0: x holds token ids in [0, vocab_size) (a model with inputs = "tokens")
+    label_shape: tuple[int, ...] = ()  # (positions,) for a target per position
     _tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -69,7 +70,7 @@ class DatasetBundle:
         reads. What a dataset plugin's `load` returns."""
         train_ds = _to_dataset(*train, client_ids=client_ids, tokens=vocab_size > 0)
         test_ds = _to_dataset(*test, tokens=vocab_size > 0)
-        return cls(name, train_ds, test_ds, num_classes, tuple(train[0].shape[1:]), vocab_size)
+        return cls(name, train_ds, test_ds, num_classes, tuple(train[0].shape[1:]), vocab_size, tuple(train[1].shape[1:]))
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(x [n, *input_shape] float32, or int64 token ids; y int64 [n] or [n, positions]) of
@@ -82,7 +83,7 @@ class DatasetBundle:
             cols = numpy_columns(getattr(self, split), "x", "label")
             x = torch.from_numpy(np.ascontiguousarray(cols["x"], dtype=np.int64 if self.vocab_size else np.float32))
             y = torch.from_numpy(np.ascontiguousarray(cols["label"], dtype=np.int64))
-            self._tensors[split] = (x.reshape(len(y), *self.input_shape), y)
+            self._tensors[split] = (x.reshape(len(y), *self.input_shape), y.reshape(len(y), *self.label_shape))
         return self._tensors[split]
 
 
@@ -130,20 +131,17 @@ def _to_dataset(
 
 
 def _arrow_column(values: np.ndarray, name: str) -> tuple[Any, Any]:
-    """(Arrow storage, datasets feature) of an [n, *shape] array: a scalar, fixed-length list or ND array."""
+    """(Arrow storage, datasets feature) of an [n, *shape] array: a scalar per row, or the row
+    flattened into a fixed-length list (the bundle keeps the shape), which wraps numpy's buffer
+    without a copy; `DatasetBundle.tensors` reshapes it."""
     import datasets
     import pyarrow as pa
-    from datasets.features.features import numpy_to_pyarrow_listarray
 
-    shape, dtype = values.shape[1:], str(values.dtype)
-    if not shape:
-        return values, datasets.Value(dtype)
-    if len(shape) == 1:
-        storage = pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), shape[0])
-        return storage, datasets.List(datasets.Value(dtype), length=shape[0])
-    if len(shape) <= 5:
-        return numpy_to_pyarrow_listarray(values), getattr(datasets, f"Array{len(shape)}D")(shape=shape, dtype=dtype)
-    raise ConfigError(f"{name} of shape {shape} per sample is not supported (1 to 5 dimensions)")
+    if values.ndim == 1:
+        return values, datasets.Value(str(values.dtype))
+    flat = values.reshape(len(values), -1)
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
+    return storage, datasets.List(datasets.Value(str(values.dtype)), length=flat.shape[1])
 
 
 class Digits(Dataset):
@@ -275,16 +273,17 @@ def _hub(data: DataConfig, seed: int) -> DatasetBundle:
         raise ConfigError(f"dataset {name!r} has no 'train' split (splits: {', '.join(raw)})")
     train = raw["train"]
     x_col, y_col = _pick_columns(train, name)
-    clients = None
+    label_feature = train.features[y_col]
     if data.partition_by:
         values = _column(train, natural.natural_column(train.column_names, data.partition_by, name))
-        if "test" in raw:
-            rows, clients = natural.client_rows(values, data.client_fraction, seed)
-            train = train.select(rows)
-        else:
+        x, y = features_and_labels(train, x_col, y_col, name)  # read whole, indexed in numpy (see NaturalSplit)
+        num_classes = _num_classes(label_feature, y)
+        if "test" not in raw:
             split = natural.natural_split(values, data.client_fraction, data.test_fraction, seed)
-            raw = datasets.DatasetDict(train=train.select(split.train), test=train.select(split.test))
-            train, clients = raw["train"], split.train_clients
+            return split.bundle(name, x, y, num_classes)
+        rows, clients = natural.client_rows(values, data.client_fraction, seed)
+        test = features_and_labels(raw["test"], x_col, y_col, name)
+        return DatasetBundle.from_arrays(name, (x[rows], y[rows]), test, max(num_classes, _num_classes(label_feature, test[1])), clients)
     if "test" not in raw:
         stratify = y_col if isinstance(train.features[y_col], datasets.ClassLabel) else None
         raw = train.train_test_split(test_size=data.test_fraction, seed=seed, stratify_by_column=stratify)
@@ -292,12 +291,17 @@ def _hub(data: DataConfig, seed: int) -> DatasetBundle:
     test = raw["test"]
     x_tr, y_tr = features_and_labels(train, x_col, y_col, name)
     x_te, y_te = features_and_labels(test, x_col, y_col, name)
-    label_feature = train.features[y_col]
+    num_classes = max(_num_classes(label_feature, y_tr), _num_classes(label_feature, y_te))
+    return DatasetBundle.from_arrays(name, (x_tr, y_tr), (x_te, y_te), num_classes)
+
+
+def _num_classes(label_feature: Any, labels: np.ndarray) -> int:
+    """A ClassLabel's class count, else one more than the largest label."""
+    import datasets
+
     if isinstance(label_feature, datasets.ClassLabel):
-        num_classes = label_feature.num_classes
-    else:
-        num_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    return DatasetBundle.from_arrays(name, (x_tr, y_tr), (x_te, y_te), num_classes, clients)
+        return label_feature.num_classes
+    return int(labels.max(initial=0)) + 1
 
 
 def _column(ds: datasets.Dataset, name: str) -> np.ndarray:
@@ -389,7 +393,8 @@ def features_and_labels(
     if x.dtype == object:
         raise ConfigError(f"dataset {name!r}: samples in column {x_col!r} differ in shape; resize them first")
     scale = 255.0 if np.issubdtype(x.dtype, np.integer) else 1.0
-    x = x.astype(np.float32) / np.float32(scale)
+    x = x.astype(np.float32)
+    x /= np.float32(scale)  # in place: a dataset of 800k images is 2.5 GB as float32
     if x.ndim == 3:  # (n, H, W) greyscale
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] <= 4 < x.shape[1]:  # (n, H, W, C) -> (n, C, H, W)

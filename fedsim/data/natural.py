@@ -76,6 +76,13 @@ class NaturalSplit:
     test: np.ndarray
     train_clients: np.ndarray
 
+    def bundle(self, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, vocab_size: int = 0):
+        """The `DatasetBundle` of these rows of (x, y), every row of a dataset."""
+        from fedsim.data.datasets import DatasetBundle
+
+        train, test = (x[self.train], y[self.train]), (x[self.test], y[self.test])
+        return DatasetBundle.from_arrays(name, train, test, num_classes, self.train_clients, vocab_size)
+
 
 def natural_split(values: np.ndarray, client_fraction: float, test_fraction: float, seed: int, gap: int = -1) -> NaturalSplit:
     """Clients from `values` (one per distinct value), a seeded `client_fraction` of them kept,
