@@ -186,8 +186,6 @@ def test_scaffold_on_flower_checkpoints_client_states_and_resumes_bit_identicall
     serial = prepare_run(small_config(*stateful), tmp_path / "serial")
     serial.run()
     flower_config = small_config(*stateful, "engine.backend=flower")
-    whole = prepare_run(flower_config, tmp_path / "whole")
-    whole.run()
     with pytest.raises(RuntimeError, match="simulated crash"):
         prepare_run(flower_config, tmp_path / "resumed", [CrashIn(3)]).run()
     assert latest_checkpoint(tmp_path / "resumed").name == "round_000002"
@@ -195,12 +193,11 @@ def test_scaffold_on_flower_checkpoints_client_states_and_resumes_bit_identicall
 
     resumed = prepare_run(flower_config, tmp_path / "resumed", resume=True)
     assert resumed.round == 2 and len(resumed.client_states) > 0
-    resumed.run()
-    for other in (whole, serial):
-        assert_equal_trees(resumed.params, other.params)
-        assert_equal_trees(resumed.server_state["c"], other.server_state["c"])
-        assert_same_stores(resumed.client_states, other.client_states)
-        assert resumed.history.accuracies() == other.history.accuracies()
+    resumed.run()  # a crashed and resumed Flower run equals an uninterrupted serial one
+    assert_equal_trees(resumed.params, serial.params)
+    assert_equal_trees(resumed.server_state["c"], serial.server_state["c"])
+    assert_same_stores(resumed.client_states, serial.client_states)
+    assert resumed.history.accuracies() == serial.history.accuracies()
     assert_equal_trees(load_weights(tmp_path / "resumed"), load_weights(tmp_path / "serial"))
 
 

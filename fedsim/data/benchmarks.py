@@ -72,7 +72,7 @@ class FEMNIST(NaturalBenchmark):
     def encode(self, train, split, data):
         x, y = features_and_labels(train, "image", "character", data.dataset)
         num_classes = train.features["character"].num_classes
-        return split.bundle(data.dataset, x, y, num_classes)
+        return DatasetBundle.from_arrays(data.dataset, *split.rows(x, y), num_classes, split.train_clients)
 
 
 class Shakespeare(NaturalBenchmark):
@@ -95,7 +95,9 @@ class Shakespeare(NaturalBenchmark):
         inputs = encode_characters(list(train["x"]), self.window)
         following = encode_characters(list(train["y"]), 1)
         targets = np.concatenate([inputs[:, 1:], following], axis=1)  # the next character at every position
-        return split.bundle(data.dataset, inputs, targets, CHARACTER_VOCAB, vocab_size=CHARACTER_VOCAB)
+        return DatasetBundle.from_arrays(
+            data.dataset, *split.rows(inputs, targets), CHARACTER_VOCAB, split.train_clients, vocab_size=CHARACTER_VOCAB
+        )
 
 
 class Sent140(NaturalBenchmark):
@@ -116,7 +118,8 @@ class Sent140(NaturalBenchmark):
         tokenizer = word_vocabulary(texts[split.train].tolist(), data.vocabulary)  # the training text only
         ids = encode_words(tokenizer, texts.tolist(), data.sequence_length)
         labels = self.labels(train, data.dataset)
-        return split.bundle(data.dataset, ids, labels, 2, vocab_size=tokenizer.get_vocab_size())
+        vocab = tokenizer.get_vocab_size()
+        return DatasetBundle.from_arrays(data.dataset, *split.rows(ids, labels), 2, split.train_clients, vocab_size=vocab)
 
     @staticmethod
     def labels(part: datasets.Dataset, name: str) -> np.ndarray:

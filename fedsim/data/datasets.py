@@ -280,7 +280,7 @@ def _hub(data: DataConfig, seed: int) -> DatasetBundle:
         num_classes = _num_classes(label_feature, y)
         if "test" not in raw:
             split = natural.natural_split(values, data.client_fraction, data.test_fraction, seed)
-            return split.bundle(name, x, y, num_classes)
+            return DatasetBundle.from_arrays(name, *split.rows(x, y), num_classes, split.train_clients)
         rows, clients = natural.client_rows(values, data.client_fraction, seed)
         test = features_and_labels(raw["test"], x_col, y_col, name)
         return DatasetBundle.from_arrays(name, (x[rows], y[rows]), test, max(num_classes, _num_classes(label_feature, test[1])), clients)

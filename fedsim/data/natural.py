@@ -76,12 +76,9 @@ class NaturalSplit:
     test: np.ndarray
     train_clients: np.ndarray
 
-    def bundle(self, name: str, x: np.ndarray, y: np.ndarray, num_classes: int, vocab_size: int = 0):
-        """The `DatasetBundle` of these rows of (x, y), every row of a dataset."""
-        from fedsim.data.datasets import DatasetBundle
-
-        train, test = (x[self.train], y[self.train]), (x[self.test], y[self.test])
-        return DatasetBundle.from_arrays(name, train, test, num_classes, self.train_clients, vocab_size)
+    def rows(self, x: np.ndarray, y: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """((x, y) of the training rows, (x, y) of the test rows) of arrays over every row."""
+        return (x[self.train], y[self.train]), (x[self.test], y[self.test])
 
 
 def natural_split(values: np.ndarray, client_fraction: float, test_fraction: float, seed: int, gap: int = -1) -> NaturalSplit:
