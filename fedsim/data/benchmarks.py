@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from fedsim.config import DataConfig
-from fedsim.data.datasets import Dataset, DatasetBundle, features_and_labels, hub_splits, require_columns
+from fedsim.data.datasets import (
+    Dataset,
+    DatasetBundle,
+    column_values,
+    features_and_labels,
+    hub_splits,
+    require_columns,
+)
 from fedsim.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -48,7 +55,7 @@ class NaturalBenchmark(Dataset):
         by = data.partition_by or self.natural
         require_columns(train, name, {**self.columns, by: "any"})
         split = natural_split(
-            np.asarray(train.data.column(by).to_numpy(zero_copy_only=False)),
+            column_values(train, by),
             data.client_fraction, data.test_fraction, seed, self.temporal_gap,
         )
         return self.encode(train, split, data)

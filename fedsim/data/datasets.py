@@ -275,7 +275,7 @@ def _hub(data: DataConfig, seed: int) -> DatasetBundle:
     x_col, y_col = _pick_columns(train, name)
     label_feature = train.features[y_col]
     if data.partition_by:
-        values = _column(train, natural.natural_column(train.column_names, data.partition_by, name))
+        values = column_values(train, natural.natural_column(train.column_names, data.partition_by, name))
         x, y = features_and_labels(train, x_col, y_col, name)  # read whole, indexed in numpy (see NaturalSplit)
         num_classes = _num_classes(label_feature, y)
         if "test" not in raw:
@@ -304,7 +304,7 @@ def _num_classes(label_feature: Any, labels: np.ndarray) -> int:
     return int(labels.max(initial=0)) + 1
 
 
-def _column(ds: datasets.Dataset, name: str) -> np.ndarray:
+def column_values(ds: datasets.Dataset, name: str) -> np.ndarray:
     """One column's values as a numpy array (strings as objects), straight from Arrow."""
     return np.asarray(ds.data.column(name).to_numpy(zero_copy_only=False))
 

@@ -84,9 +84,7 @@ class NaturalSplit:
 def natural_split(values: np.ndarray, client_fraction: float, test_fraction: float, seed: int, gap: int = -1) -> NaturalSplit:
     """Clients from `values` (one per distinct value), a seeded `client_fraction` of them kept,
     each split into training and test samples (`split_per_client`)."""
-    codes = client_codes(values)
-    kept = np.flatnonzero(sample_clients(codes, client_fraction, seed))
-    codes = client_codes(codes[kept])
+    kept, codes = client_rows(values, client_fraction, seed)
     train, test = split_per_client(codes, test_fraction, seed, gap)
     if len(test) == 0:
         raise ConfigError(
@@ -98,7 +96,7 @@ def natural_split(values: np.ndarray, client_fraction: float, test_fraction: flo
 
 
 def client_rows(values: np.ndarray, client_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows kept, their client ids) for a dataset with a test split of its own: no per-client split."""
+    """(rows kept, their client ids renumbered 0..k-1): a seeded `client_fraction` of the clients."""
     codes = client_codes(values)
     kept = np.flatnonzero(sample_clients(codes, client_fraction, seed))
     return kept, client_codes(codes[kept])
