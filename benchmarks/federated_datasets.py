@@ -37,15 +37,15 @@ def statistics(name: str, path: str) -> dict:
         "source": path or hub_copies.HUB_NAMES[name],
         "partitioner": d.partitioner if d.partitioner == "natural" else f"{d.partitioner} (alpha={d.alpha})",
         "clients": int(h["clients"]),
-        "train_samples": sum(len(y) for _, y in sim.task.client_data),
+        "train_samples": int(sim.population.sizes.sum()),
         "test_samples": len(sim.y_test),
         "mean_size": h["mean_size"],
         "std_size": h["std_size"],
         "min_size": h["min_size"],
         "max_size": h["max_size"],
         "label_tv": h["label_tv"],
-        "classes": sim.dataset.num_classes,
-        "input": ("tokens " if sim.dataset.vocab_size else "") + "x".join(map(str, sim.dataset.input_shape)),
+        "classes": sim.population.num_classes,
+        "input": ("tokens " if sim.population.vocab_size else "") + "x".join(map(str, sim.population.input_shape)),
     }
 
 

@@ -42,13 +42,12 @@ _ACTOR_BUILDS = {"count": 0}  # how often this process built a workload
 
 
 def actor_workload(workload: str, device: str):
-    """The workload's model, client data and train config, built once per actor process."""
+    """The workload's model, population and train config, built once per actor process."""
     key = (workload, device)
     if key not in _ACTOR_CACHE:
         torch.set_num_threads(1)  # one CPU per actor (client_resources num_cpus = 1)
         sim = build_simulation(WORKLOADS[workload], 1, device)
-        data = [(x.to(sim.device), y.to(sim.device)) for x, y in sim.task.client_data]
-        _ACTOR_CACHE[key] = (sim.model, data, sim.config.train)
+        _ACTOR_CACHE[key] = (sim.model, sim.population, sim.config.train, sim.device)
         _ACTOR_BUILDS["count"] += 1
     return _ACTOR_CACHE[key]
 
@@ -59,9 +58,9 @@ client_app = ClientApp()
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
-    model, data, t = actor_workload(str(config["workload"]), str(config["device"]))
+    model, population, t, device = actor_workload(str(config["workload"]), str(config["device"]))
     start = time.perf_counter()
-    x, y = data[int(context.node_config["partition-id"])]
+    x, y = population.client(int(context.node_config["partition-id"]), device).data
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     local_sgd(model, x, y, epochs=t.local_epochs, batch_size=t.batch_size, lr=float(config["lr"]))
     arrays = ArrayRecord(model.state_dict())
@@ -109,7 +108,7 @@ def run(workload: str, rounds: int, device: str) -> dict:
         return MetricRecord({"accuracy": scores["accuracy"]})
 
     strategy = RecordingFedAvg(
-        fraction_train=t.fraction,
+        fraction_train=cohort / num_clients,  # train.fraction, or train.clients_per_round of N
         fraction_evaluate=0.0,
         min_train_nodes=cohort,
         min_available_nodes=num_clients,

@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.workloads import ROOT, WORKLOADS, build_simulation, cpu_model, local_sgd
+from benchmarks.workloads import ROOT, WORKLOADS, build_simulation, cpu_model, every_client, local_sgd
 
 PASSES = 3
 
@@ -45,7 +45,7 @@ def profile(workload: str) -> dict:
     }  # fmt: skip
     for _ in range(PASSES):
         sums = dict.fromkeys(stages, 0.0)
-        for x, y in sim.task.client_data:
+        for x, y in every_client(sim):
             c0, t0 = time.process_time(), time.perf_counter()
             model.load_state_dict(message_arrays.to_torch_state_dict())
             t1 = time.perf_counter()
@@ -64,7 +64,7 @@ def profile(workload: str) -> dict:
                 sums[key] += value
         for key, total in sums.items():
             stages[key].append(total)
-    clients = len(sim.task.client_data)
+    clients = len(sim.population)
     ms = {key: statistics.median(values) / clients * 1e3 for key, values in stages.items()}
     return {"workload": workload, "clients": clients, "ms_per_client": ms}
 

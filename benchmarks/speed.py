@@ -62,6 +62,7 @@ from benchmarks.workloads import (  # noqa: E402  (START first: start-up counts 
     accuracy,
     build_simulation,
     cpu_model,
+    every_client,
     local_sgd,
     peak_rss_mb,
     write_cifar10_shaped,
@@ -108,7 +109,7 @@ def run_plain(workload: Workload, rounds: int, device: str) -> dict:
 
     sim = build_simulation(workload, rounds, device)
     t = sim.config.train
-    clients = [(x.to(sim.device), y.to(sim.device)) for x, y in sim.task.client_data]
+    clients = every_client(sim)
     model = sim.model
     global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(sim.config.seed)
@@ -184,8 +185,8 @@ def round_flops(workload: Workload, device: str) -> float:
 
     sim = build_simulation(workload, 1, device)
     t, n = sim.config.train, sim.config.data.num_clients
-    x = sim.task.client_data[0][0][:1].to(sim.device)
-    samples = t.local_epochs * sum(len(y) for _, y in sim.task.client_data) * len(sim.sample_clients(1)) / n
+    x = sim.population.client(0, sim.device).x[:1]
+    samples = t.local_epochs * int(sim.population.sizes.sum()) * len(sim.sample_clients(1)) / n
     return 3 * forward_flops(sim.model, x) * samples
 
 

@@ -104,6 +104,21 @@ def write_femnist_shaped(path: Path = FEMNIST_SHAPED, writers: int = FEMNIST_WRI
     datasets.DatasetDict(train=datasets.Dataset.from_dict(columns, features=features)).save_to_disk(str(path))
 
 
+SCALE_COHORT = 1000
+SCALE_SIZES = (10**3, 10**4, 10**5, 10**6, 10**7)
+
+
+def scale_settings(num_clients: int, strategy: str = "fedavg", hidden: str = "[]", budget: int = 0) -> tuple[str, ...]:
+    """`benchmarks.scale`'s workload: LEAF Synthetic(1, 1) generated for `num_clients` clients,
+    logistic regression (an MLP with `hidden` widths otherwise), 1000 a round, 1 epoch of batch 10."""
+    return (
+        "data.dataset=synthetic", "data.partitioner=natural", f"data.num_clients={num_clients}",
+        "model.name=mlp", f"model.hidden={hidden}", f"train.clients_per_round={SCALE_COHORT}",
+        "train.local_epochs=1", "train.batch_size=10", "train.lr=0.01", f"strategy.name={strategy}",
+        f"engine.client_state_memory={budget}",
+    )
+
+
 DIGITS_MLP = (
     "data.dataset=digits",
     "data.partitioner=dirichlet",
@@ -202,6 +217,12 @@ def build_simulation(workload: Workload, rounds: int, device: str, runner: str =
     return Simulation(load_config(None, settings), list(callbacks))
 
 
+def every_client(sim) -> list:
+    """Every client's labelled (x, y) on the run's device, for the plain-PyTorch references,
+    which hold a small fixed federation in memory as a hand-written loop would."""
+    return [sim.population.client(cid, sim.device).data for cid in range(len(sim.population))]
+
+
 def peak_rss_mb() -> float:
     """Sum of VmHWM (peak RSS) over this process and its live descendants, in MiB."""
     parents: dict[int, list[int]] = {}
@@ -252,3 +273,10 @@ def cpu_model() -> str:
     except OSError:
         return "unknown"
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+WORKLOADS.update({  # benchmarks.scale's populations (and its Flower runs), run when named
+    f"synthetic{n}": Workload(
+        f"LEAF Synthetic(1, 1), {n:,} generated clients, logistic regression, {SCALE_COHORT} per round",
+        10, scale_settings(n), default=False,
+    )
+    for n in SCALE_SIZES
+})

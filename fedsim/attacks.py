@@ -89,8 +89,3 @@ def upload_attack(config: AttackConfig, attackers: frozenset[int], seed: int) ->
     if config.name not in UPLOAD_ATTACKS or not attackers:
         return None
     return Attack(config, attackers, seed)
-
-
-def poison(client_data: list[tuple[torch.Tensor, torch.Tensor]], attackers: frozenset[int], num_classes: int):
-    """The clients' training data with the attackers' labels flipped (label_flip)."""
-    return [(x, flip_labels(y, num_classes)) if cid in attackers else (x, y) for cid, (x, y) in enumerate(client_data)]

@@ -38,6 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fedsim.errors import ConfigError
 from fedsim.strategy import State
 
 _SEP = "/"
@@ -112,12 +113,28 @@ def _delete_unreferenced(directory: Path, files: dict[int, int], pinned: set[int
         directory.rmdir()  # only once it is empty
 
 
+def require_writable(directory: Path) -> None:
+    """Make `directory` and write a probe file in it, or raise a one-line ConfigError saying why
+    not: a store must be able to spill before the first round trains, not fail in the middle."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"client-state directory {directory} is not writable ({err.strerror or type(err).__name__}); "
+            "use a writable --out"
+        ) from None
+
+
 class ClientStateStore:
     """Mapping client id -> State: the recently used in RAM within a byte budget, the rest in segment files."""
 
     def __init__(self, memory_bytes: int = 0, directory: str | Path | None = None) -> None:
         self.memory_bytes = memory_bytes
         self.directory = Path(directory) if directory else None
+        if self.directory is not None:
+            require_writable(self.directory)
         self.resident_bytes = 0  # bytes of the states held in RAM
         self._memory: OrderedDict[int, State] = OrderedDict()  # least recently used first
         self._sizes: dict[int, int] = {}  # client id -> bytes of its state in RAM

@@ -70,6 +70,9 @@ class DataConfig:
     samples: int = option(0, ge=0)  # total samples for generated datasets; 0 = the dataset's default
     synthetic_alpha: float = option(1.0, ge=0)
     synthetic_beta: float = option(1.0, ge=0)
+    # a generated population (synthetic): the central test set pools the test shares of this
+    # many seeded clients (0 or more than N = every client's)
+    test_clients: int = option(1000, ge=0)
     label_ratio: float = option(1.0, gt=0, le=1)  # share of each client's samples that keep their label
     # held out for evaluation, stratified and seeded: a validation share of the train pool (for
     # tuning; never the test set) and each client's local test share of its own partition

@@ -30,6 +30,7 @@ from fedsim.evaluation import DISTRIBUTION_COLUMNS, PERSONAL_COLUMNS, ClientScor
 from fedsim.federation import build_federation
 from fedsim.memory import model_state_bytes
 from fedsim.plugins import resolved
+from fedsim.population import ClientView
 from fedsim.provenance import provenance
 from fedsim.threads import run_threads
 from fedsim.strategy import Aggregate, RoundInfo, State
@@ -91,22 +92,24 @@ class Simulation:
 
     def __init__(self, config: Config, callbacks: list[Callback] = (), state_dir: str | Path | None = None) -> None:
         validate(config)
+        self.client_states = ClientStateStore(config.engine.client_state_memory, state_dir)  # checks state_dir
         self.callbacks = list(callbacks)
         federation = build_federation(config)
         if config.data.num_clients == 0:  # one client per natural client: counted by the split
-            data = dataclasses.replace(config.data, num_clients=len(federation.partition.indices))
+            data = dataclasses.replace(config.data, num_clients=len(federation.population))
             config = dataclasses.replace(config, data=data)
             validate_cohort(config)
         self.config = config
         self.strategy, self.trainer = federation.strategy, federation.trainer
         self.task, self.device = federation.task, federation.task.device
-        self.dataset, self.partition = federation.dataset, federation.partition
-        self.train_labels, self.hidden_labels = federation.train_labels, federation.hidden_labels
+        self.population = federation.population
+        self.hidden_labels = ClientView(self.population, field="hidden")  # for the trainer's diagnostics
         self.model, self.params = federation.model, federation.params
         self.statistics = federation.statistics  # the global model's BatchNorm statistics: the initial ones
-        self.x_test, self.y_test = (t.to(self.device) for t in self.dataset.tensors("test"))
-        self.validation = federation.validation and tuple(t.to(self.device) for t in federation.validation)
-        self.client_test_sets = self.federated_evaluation_sets(federation.client_test)
+        self.x_test, self.y_test = (t.to(self.device) for t in self.population.test)
+        validation = self.population.validation
+        self.validation = validation and tuple(t.to(self.device) for t in validation)
+        self.client_test_sets = self.federated_evaluation_sets()
         self.client_scores: ClientScores | None = None  # of the latest evaluated round
         # each client's own model is scored too: the trainer's personal model, or the fine-tuned global one
         self.personal = self.client_test_sets is not None and (
@@ -130,7 +133,6 @@ class Simulation:
                 f"engine.client_state_memory = {budget} bytes cannot hold one client's state ({one} bytes); "
                 "raise it, or set 0 for no bound"
             )
-        self.client_states = ClientStateStore(budget, state_dir)
         self.history = History()
         self.round = 0
         self.backend = None
@@ -207,16 +209,16 @@ class Simulation:
         """Central test loss and accuracy of the global model."""
         return score(self.model, self.global_model(), (self.x_test, self.y_test), self.config.train.eval_batch_size)
 
-    def federated_evaluation_sets(self, client_test: list[tuple[torch.Tensor, torch.Tensor]]) -> ClientTestSets | None:
+    def federated_evaluation_sets(self) -> ClientTestSets | None:
         """The local test data federated evaluation scores: every client's, or a fixed seeded sample
-        of `eval.clients` of them; None without client test data."""
+        of `eval.clients` of them (only those are materialised); None without client test data."""
         if self.config.data.client_test_fraction == 0:
             return None
-        n, sample = len(client_test), self.config.eval.clients
-        ids = range(n)
+        n, sample = len(self.population), self.config.eval.clients
+        ids = list(range(n))
         if 0 < sample < n:
             ids = sorted(int(c) for c in seeding.numpy_rng(self.config.seed, "eval_clients").choice(n, sample, replace=False))
-        return ClientTestSets(client_test, list(ids), self.device)
+        return ClientTestSets(ids, [self.population.client(cid).test for cid in ids], self.device)
 
     def evaluation_metrics(self) -> dict[str, float]:
         """Validation and federated evaluation of the global model, for the round's record."""
@@ -242,7 +244,7 @@ class Simulation:
         models = []
         for cid in ids:
             if steps > 0:
-                data = tuple(t.to(self.device) for t in self.task.client_data[cid])
+                data = self.population.client(cid, self.device).data
                 [seed] = batch_seeds(self.config.seed, "finetune", self.round, [cid])
                 lr = self.lr_at(self.round)
                 models.append(finetuned(self.model, self.params, data, steps, self.config.train.batch_size, lr, int(seed)))
@@ -413,4 +415,7 @@ class Simulation:
         return final
 
     def heterogeneity(self) -> dict[str, float]:
-        return heterogeneity(self.partition, self.train_labels, self.dataset.num_classes)
+        """How skewed the split is (`fedsim.data.partition.heterogeneity`): over every client of a
+        fixed dataset, over the central test clients of a generated population."""
+        _, counts, overall = self.population.label_counts()
+        return heterogeneity(counts, overall, self.population.moved())

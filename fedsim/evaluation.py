@@ -75,13 +75,14 @@ class ClientTestSets:
     Clients without test samples (too small to hold any out) are left out.
     """
 
-    def __init__(self, client_test: list[Split], client_ids: list[int], device: torch.device) -> None:
-        ids = [cid for cid in client_ids if len(client_test[cid][1]) > 0]
-        self.client_ids = np.array(ids, dtype=np.int64)
-        self.num_samples = np.array([len(client_test[cid][1]) for cid in ids], dtype=np.int64)
-        self.x = torch.cat([client_test[cid][0] for cid in ids]).to(device)
-        self.y = torch.cat([client_test[cid][1] for cid in ids]).to(device)
-        self.owner = torch.repeat_interleave(torch.arange(len(ids)), torch.from_numpy(self.num_samples)).to(device)
+    def __init__(self, client_ids: list[int], tests: list[Split], device: torch.device) -> None:
+        """`tests[i]` is the local test (x, y) of client `client_ids[i]`."""
+        kept = [(cid, test) for cid, test in zip(client_ids, tests) if len(test[1]) > 0]
+        self.client_ids = np.array([cid for cid, _ in kept], dtype=np.int64)
+        self.num_samples = np.array([len(y) for _, (_, y) in kept], dtype=np.int64)
+        self.x = torch.cat([x for _, (x, _) in kept]).to(device)
+        self.y = torch.cat([y for _, (_, y) in kept]).to(device)
+        self.owner = torch.repeat_interleave(torch.arange(len(kept)), torch.from_numpy(self.num_samples)).to(device)
         self.offsets = np.concatenate([[0], np.cumsum(self.num_samples)])
         self.vectorizes: bool | None = None  # whether personal models are scored in vmapped chunks (found once)
 

@@ -110,29 +110,13 @@ def _one_line(err: BaseException) -> str:
 # ---------------------------------------------------------------------------- client side
 
 
-class OnDevice:
-    """Client id -> that client's tensors of `tensors` on `device`, moved when it first trains."""
-
-    def __init__(self, tensors: list, device: torch.device) -> None:
-        self.tensors, self.device, self.moved = tensors, device, {}
-
-    def __getitem__(self, client_id: int):
-        if client_id not in self.moved:
-            item = self.tensors[client_id]
-            moved = tuple(t.to(self.device) for t in item) if isinstance(item, tuple) else item.to(self.device)
-            self.moved[client_id] = moved
-        return self.moved[client_id]
-
-
 class FlowerClient:
     """What a Flower client process keeps for a run: the task's serial executor (model and
-    gradient function built once), each client's data moved to the device when it first trains."""
+    gradient function built once), which materialises each client when it trains."""
 
     def __init__(self, task: Task) -> None:
         self.task = task
-        self.executor = SerialExecutor(
-            task, OnDevice(task.client_data, task.device), OnDevice(task.unlabelled_data, task.device)
-        )
+        self.executor = SerialExecutor(task)
 
     def reply(self, msg: Message, client_id: int) -> Message:
         """Train `client_id` as the train message `msg` says; the reply carries its upload and new state."""
@@ -279,7 +263,7 @@ class FlowerBackend(Backend):
         try:
             grid = _GRID.get()  # set inside a ServerApp that `server_app` built
             self.grid = grid if grid is not None else self._start_flower()
-            self.nodes = self._discover(len(task.client_data))
+            self.nodes = self._discover(len(task.clients))
         except BaseException:
             self.close()
             raise
@@ -291,7 +275,7 @@ class FlowerBackend(Backend):
         cuda = task.device.type == "cuda"
         cpus = len(os.sched_getaffinity(0))
         if not ray.is_initialized():
-            data_bytes = sum(x.nbytes + y.nbytes for x, y in task.client_data)
+            data_bytes = task.clients.data_bytes()
             with warnings.catch_warnings():  # Ray's notice about GPU env vars, irrelevant here
                 warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
                 ray.init(
@@ -324,7 +308,7 @@ class FlowerBackend(Backend):
                     run_simulation(
                         server_app=server,
                         client_app=_client_app(lambda _context: _client_of_object(task_ref)),
-                        num_supernodes=len(task.client_data),
+                        num_supernodes=len(task.clients),
                         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 1.0 / cpus if cuda else 0.0}},
                     )
             except BaseException as err:

@@ -79,7 +79,7 @@ class RunFolder(Callback):
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / ERROR_FILE).unlink(missing_ok=True)  # of an earlier attempt this run resumes
         (self.path / "config.toml").write_text(resolved(sim.config).to_toml())  # defaults written out
-        table = partition_table(sim.partition, sim.train_labels, sim.dataset.num_classes)
+        table = partition_table(*sim.population.label_counts()[:2])
         table.to_csv(self.path / "partition.csv", index=False)
         self.columns = METRIC_COLUMNS + sim.diagnostic_columns  # e.g. pseudo-label diagnostics
         with open(self.path / "metrics.csv", "w", newline="") as f:  # a resumed run restarts from its history
@@ -121,7 +121,7 @@ class RunFolder(Callback):
         if error is None:
             # the ordinary network's weights: local learning's auxiliary nets are left out
             weights = sim.trainer.network_params(sim.params)
-            d = sim.dataset
+            d = sim.population
             save_weights(self.path / WEIGHTS_FILE, weights, sim.config.model.name, d.input_shape, d.num_classes, d.vocab_size)
         # last: a summary saying "finished" marks a complete run folder (fedsim sweep skips those)
         (self.path / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
-import torch
 
 
 def _entropy(seed: int, purpose: str, keys: tuple[int, ...]) -> list[int]:
@@ -85,6 +84,8 @@ def numpy_rng(seed: int, purpose: str, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(_entropy(seed, purpose, keys)))
 
 
-def torch_generator(seed: int, purpose: str, *keys: int) -> torch.Generator:
+def torch_generator(seed: int, purpose: str, *keys: int):
     """A CPU torch.Generator for (seed, purpose, *keys), e.g. ("shuffle", round, client)."""
+    import torch
+
     return torch.Generator().manual_seed(derive_seed(seed, purpose, *keys))

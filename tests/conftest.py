@@ -26,6 +26,20 @@ def small_config(*overrides: str):
     return load_config(QUICKSTART, [*base, *overrides])
 
 
+def population_of(clients, holdouts):
+    """An `IndexedPopulation` whose client k holds `clients[k]` (numpy (x, y)), split as `holdouts` says."""
+    import numpy as np
+
+    from fedsim.data import DatasetBundle, Partition
+    from fedsim.population import IndexedPopulation
+
+    x = np.concatenate([cx for cx, _ in clients]).astype(np.float32)
+    y = np.concatenate([cy for _, cy in clients])
+    bounds = np.cumsum([0] + [len(cy) for _, cy in clients])
+    bundle = DatasetBundle.from_arrays("clients", (x, y), (x[:1], y[:1]), int(y.max()) + 1)
+    return IndexedPopulation(bundle, Partition([np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]), holdouts)
+
+
 def train_one(
     strategy: Strategy,
     grad_fn,

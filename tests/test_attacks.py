@@ -63,9 +63,10 @@ def test_label_flipping_poisons_only_the_attackers_training_labels():
     federation = build_federation(small_config(*overrides, "attack.name=label_flip", "attack.fraction=0.3"))
     attackers = choose_attackers(AttackConfig(name="label_flip", fraction=0.3), 10, seed=0)
     assert len(attackers) == 3 and federation.task.attack is None  # a data attack: uploads are honest
-    for cid, ((_, y), (_, y_clean)) in enumerate(zip(federation.task.client_data, clean.task.client_data)):
-        assert torch.equal(y, flip_labels(y_clean, 10) if cid in attackers else y_clean)
-        assert torch.equal(federation.client_test[cid][1], clean.client_test[cid][1])  # true test labels
+    for cid in range(10):
+        client, honest = federation.population.client(cid), clean.population.client(cid)
+        assert torch.equal(client.y, flip_labels(honest.y, 10) if cid in attackers else honest.y)
+        assert torch.equal(client.test[1], honest.test[1])  # true test labels
 
 
 @pytest.mark.parametrize("name", ["sign_flip", "gaussian", "scaled", "label_flip"])

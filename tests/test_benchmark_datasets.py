@@ -53,7 +53,7 @@ def test_every_benchmark_config_runs_on_its_tiny_copy(name, copies):
     assert summary["rounds"] == 1 and math.isfinite(sim.history.records[-1]["test_loss"])
     assert 0 <= summary["final_accuracy"] <= 1
     if sim.config.data.partitioner == "natural":  # num_clients = 0: one client per writer, role or user
-        assert sim.config.data.num_clients == len(sim.partition.indices) == summary["num_clients"] > 1
+        assert sim.config.data.num_clients == len(sim.population) == summary["num_clients"] > 1
 
 
 def test_benchmark_tasks_shapes_and_vocabularies(copies):

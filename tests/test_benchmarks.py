@@ -33,7 +33,7 @@ def test_cifar10_shaped_data_loads_through_the_hub_loader_as_a_cifar10_copy_woul
     speed.write_cifar10_shaped(tmp_path / "c10", {"train": 40, "test": 8})
     settings = ["data.dataset=hf:cifar10", f"data.path={tmp_path / 'c10'}", "data.num_clients=4"]
     sim = Simulation(load_config(None, [*settings, "data.partitioner=iid", "model.name=cnn"]))
-    x, y = sim.task.client_data[0]
+    x, y = sim.population.client(0).data
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.float32
     assert 0 <= float(x.min()) <= float(x.max()) <= 1 and 0 <= int(y.min()) <= int(y.max()) < 10
     assert len(sim.y_test) == 8

@@ -41,6 +41,7 @@ def test_run_help_explains_overrides():
         ("train.fraction=2", "train.fraction must be in (0, 1]"),
         ("train.rounds=abc", "train.rounds' must be int"),
         ("data.num_clients=100000", "more clients than samples"),
+        ("data.dataset=synthetic", "generates its clients (one per generator): set data.partitioner='natural'"),
         ("data.dataset=imagenet", "unknown dataset"),
         ("model.name=vit", "unknown model"),
         ("strategy.name=fedfoo", "unknown strategy 'fedfoo'"),

@@ -191,3 +191,12 @@ def test_a_checkpoint_writes_only_the_states_changed_since_the_last(tmp_path):
 def test_a_bad_budget_is_a_one_line_error(value, message):
     with pytest.raises(ConfigError, match=message):
         Simulation(small_config("strategy.name=scaffold", f"engine.client_state_memory={value}"))
+
+
+@pytest.mark.parametrize("where, reason", [("a_file/states", "Not a directory"), ("a_file", "File exists")])
+def test_an_unwritable_state_directory_is_a_one_line_error_before_any_data_is_loaded(tmp_path, monkeypatch, where, reason):
+    (tmp_path / "a_file").write_text("x")
+    monkeypatch.setattr("fedsim.engine.build_federation", lambda config: pytest.fail("loaded data first"))
+    with pytest.raises(ConfigError) as err:
+        Simulation(small_config("strategy.name=scaffold"), state_dir=tmp_path / where)
+    assert f"is not writable ({reason}); use a writable --out" in str(err.value) and "\n" not in str(err.value)

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedsim.config import DataConfig
 from fedsim.data import load_dataset, numpy_columns
+from fedsim.data.datasets import Synthetic
 from fedsim.errors import ConfigError, DatasetUnavailable
 from fedsim.plugins import available
 
@@ -59,24 +61,21 @@ def test_mnist1d_samples_and_test_fraction():
     assert (len(bundle.train), len(bundle.test)) == (700, 300)
 
 
-def test_synthetic_has_one_generator_per_client():
-    bundle = load_dataset("synthetic", seed=0, num_clients=30)
-    x, y = bundle.tensors("train")
-    ids = np.asarray(bundle.train.with_format("numpy")[:]["client_id"])
-    assert bundle.input_shape == (60,) and x.shape[1:] == (60,) and bundle.num_classes == 10
-    assert sorted(set(ids.tolist())) == list(range(30))
-    assert y.min() >= 0 and y.max() <= 9
-    total = len(bundle.train) + len(bundle.test)
-    assert 30 * 52 <= total <= 30 * 250 and 0.1 < len(bundle.test) / total < 0.3
+def test_synthetic_makes_any_client_alone_from_the_seed_and_its_id():
+    synthetic, data = Synthetic(), DataConfig(dataset="synthetic", num_clients=10_000_000)
+    sizes = synthetic.client_sizes(data, seed=0)
+    assert len(sizes) == 10_000_000 and sizes.min() >= 50 and sizes.max() <= 250
+    x, y = synthetic.client_data(data, 0, 9_999_999, int(sizes[-1]))
+    assert x.shape == (sizes[-1], 60) and x.dtype == np.float32 and 0 <= y.min() <= y.max() <= 9
+    again = synthetic.client_data(DataConfig(num_clients=30), 0, 9_999_999, int(sizes[-1]))
+    assert np.array_equal(x, again[0]) and np.array_equal(y, again[1])  # the population's size does not matter
+    other = synthetic.client_data(data, 1, 9_999_999, int(sizes[-1]))
+    assert not np.array_equal(x, other[0])
 
 
-def test_synthetic_samples_and_seed():
-    a = load_dataset("synthetic", seed=5, num_clients=20, samples=2000)
-    b = load_dataset("synthetic", seed=5, num_clients=20, samples=2000)
-    c = load_dataset("synthetic", seed=6, num_clients=20, samples=2000)
-    assert abs(len(a.train) + len(a.test) - 2000) < 50
-    assert torch.equal(a.tensors("train")[0], b.tensors("train")[0])
-    assert not torch.equal(a.tensors("train")[0][:10], c.tensors("train")[0][:10])
+def test_synthetic_samples_rescale_the_sizes():
+    sizes = Synthetic().client_sizes(DataConfig(num_clients=20, samples=2000), seed=5)
+    assert abs(sizes.sum() - 2000) < 50 and sizes.min() >= 2
 
 
 def test_unknown_dataset_lists_valid_names():

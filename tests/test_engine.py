@@ -59,8 +59,8 @@ def test_run_folder_contents(config_factory, tmp_path):
         assert key in saved
     assert saved["final_accuracy"] == metrics["test_accuracy"].iloc[-1]
     partition = pd.read_csv(tmp_path / "partition.csv")
-    assert len(partition) == 10 and partition["num_samples"].sum() == len(sim.train_labels)
-    model = build_model(sim.config.model, sim.dataset.input_shape, sim.dataset.num_classes, sim.config.seed)
+    assert len(partition) == 10 and partition["num_samples"].sum() == len(sim.population.train[1])
+    model = build_model(sim.config.model, sim.population.input_shape, sim.population.num_classes, sim.config.seed)
     model.load_state_dict(load_weights(tmp_path))  # safetensors: no unpickling
 
 

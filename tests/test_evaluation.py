@@ -11,12 +11,13 @@ from torch import nn
 from fedsim.checkpoint import prepare_run
 from fedsim.config import load_config
 from fedsim.data import load_dataset
-from fedsim.data.holdout import split_client_test, split_validation
+from fedsim.data.holdout import split_validation
 from fedsim.engine import Callback, Simulation
 from fedsim.errors import ConfigError
 from fedsim.evaluation import ClientTestSets
 from fedsim.validate import validate
-from tests.conftest import QUICKSTART, small_config
+from fedsim.population import Holdouts
+from tests.conftest import QUICKSTART, population_of, small_config
 
 HELD_OUT = ("data.validation_fraction=0.1", "data.client_test_fraction=0.25")
 
@@ -35,22 +36,24 @@ def test_the_validation_split_is_a_stratified_seeded_share_of_the_train_pool():
 
 def test_each_client_test_share_follows_its_own_labels_and_keeps_training_data():
     rng = np.random.default_rng(0)
-    clients = [(torch.randn(n, 2), torch.from_numpy(rng.choice(3, n, p=p))) for n, p in
+    clients = [(rng.standard_normal((n, 2)), rng.choice(3, n, p=p)) for n, p in
                [(40, [0.8, 0.2, 0.0]), (30, [0.1, 0.1, 0.8]), (1, [1, 0, 0])]]
-    train, test = split_client_test(clients, 0.25, seed=0)
-    for (x, y), (xt, yt), (xs, ys) in zip(clients, train, test):
-        assert len(yt) >= 1 and len(yt) + len(ys) == len(y)
+    population = population_of(clients, Holdouts(seed=0, client_test_fraction=0.25))
+    for cid, (_, y) in enumerate(clients):
+        client = population.client(cid)
+        yt, ys = client.y, client.test[1]
+        assert len(yt) >= 1 and len(yt) + len(ys) == len(y) and len(yt) == population.sizes[cid]
         assert sorted(torch.cat([yt, ys]).tolist()) == sorted(y.tolist())
         if len(y) > 1:  # stratified: the test share of every label is within one sample of 25%
-            assert np.all(np.abs(np.bincount(ys.numpy(), minlength=3) - 0.25 * np.bincount(y.numpy(), minlength=3)) <= 1)
-    assert len(test[2][1]) == 0  # one sample: nothing to hold out
+            assert np.all(np.abs(np.bincount(ys.numpy(), minlength=3) - 0.25 * np.bincount(y, minlength=3)) <= 1)
+    assert len(population.client(2).test[1]) == 0  # one sample: nothing to hold out
 
 
 def test_client_scores_match_a_loop_over_clients():
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     tests = [(torch.randn(n, 4), torch.randint(0, 3, (n,))) for n in (5, 0, 9, 2)]
-    sets = ClientTestSets(tests, [0, 1, 2, 3], torch.device("cpu"))
+    sets = ClientTestSets([0, 1, 2, 3], tests, torch.device("cpu"))
     scores = sets.score(model, dict(model.named_parameters()), batch=4)
     assert scores.client_ids.tolist() == [0, 2, 3]  # client 1 has no test data
     for i, cid in enumerate(scores.client_ids):
@@ -69,7 +72,7 @@ def test_personal_models_score_like_a_loop_over_clients(vectorizes):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
     tests = [(torch.randn(n, 4), torch.randint(0, 3, (n,))) for n in (5, 1, 9, 2, 7)]
-    sets = ClientTestSets(tests, list(range(5)), torch.device("cpu"))
+    sets = ClientTestSets(list(range(5)), tests, torch.device("cpu"))
     own = [{k: v.detach() + 0.3 * torch.randn_like(v) for k, v in model.named_parameters()} for _ in tests]
     sets.vectorizes = vectorizes
     scores = sets.score_each(model, own, batch=10)  # chunks of <= 10 padded samples: sizes {1, 2}, {5}, {7}, {9}
@@ -86,7 +89,7 @@ def test_a_model_that_fails_under_vmap_is_scored_one_client_at_a_time():
             return super().forward(x) if x.sum().item() > -1e9 else x
 
     model = Branchy(4, 3)
-    sets = ClientTestSets([(torch.randn(3, 4), torch.randint(0, 3, (3,)))] * 2, [0, 1], torch.device("cpu"))
+    sets = ClientTestSets([0, 1], [(torch.randn(3, 4), torch.randint(0, 3, (3,)))] * 2, torch.device("cpu"))
     params = dict(model.named_parameters())
     scores = sets.score_each(model, [params, params], batch=100)
     assert sets.vectorizes is False and scores.accuracy[0] == scores.accuracy[1]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import math
-import types
 
 import numpy as np
 import pandas as pd
@@ -20,14 +18,16 @@ from fedsim.backends import make_backend
 from fedsim.backends.base import ClientReport
 from fedsim.cli import app
 from fedsim.config import load_config
-from fedsim.data.labels import labelled_mask, split_labels
+from fedsim.data.labels import labelled_mask
 from fedsim.engine import Simulation
 from fedsim.errors import ConfigError
 from fedsim.gradients import autograd_grad_fn
 from fedsim.local import ClientJob, LocalEnv
 from fedsim.schedule import LocalSchedule, cohort_batches
 from fedsim.trainer import ClientTrainer
+from fedsim.population import Holdouts
 from strategies.fedavg import FedAvg
+from tests.conftest import population_of
 from tests.conftest import ROOT
 
 FEDLABEL_TOML = ROOT / "experiments" / "fedlabel.toml"
@@ -73,15 +73,18 @@ def test_label_split_is_stratified_seeded_and_keeps_one_label_at_least():
 
 
 def test_split_labels_per_client_keeps_order_and_partitions_each_client():
-    x = torch.arange(30.0)[:, None]
-    clients = [(x[:20], torch.arange(20) % 2), (x[20:], torch.zeros(10, dtype=torch.long))]
-    labelled, unlabelled, hidden = split_labels(clients, 0.3, seed=0)
-    for (cx, cy), (lx, ly), ux, uy in zip(clients, labelled, unlabelled, hidden):
-        assert len(lx) == round(0.3 * len(cx)) and len(lx) + len(ux) == len(cx)
+    x = np.arange(30.0)[:, None]
+    clients = [(x[:20], np.arange(20) % 2), (x[20:], np.zeros(10, dtype=np.int64))]
+    population = population_of(clients, Holdouts(seed=0, label_ratio=0.3))
+    for cid, (cx, cy) in enumerate(clients):
+        client = population.client(cid)
+        lx, ux, uy = client.x, client.unlabelled, client.hidden
+        assert len(lx) == round(0.3 * len(cx)) == population.sizes[cid] and len(lx) + len(ux) == len(cx)
         assert torch.all(lx[1:, 0] > lx[:-1, 0])  # the labelled samples stay in client order
         assert sorted(torch.cat([lx, ux])[:, 0].tolist()) == cx[:, 0].tolist()
-        assert torch.equal(cy[ux[:, 0].long() - int(cx[0, 0])], uy)  # hidden labels belong to their x
-    assert [len(u) for u in split_labels(clients, 1.0, seed=0)[1]] == [0, 0]
+        assert torch.equal(torch.from_numpy(cy)[ux[:, 0].long() - int(cx[0, 0])], uy)  # hidden labels belong to their x
+    full = population_of(clients, Holdouts(seed=0))
+    assert [len(full.client(cid).unlabelled) for cid in (0, 1)] == [0, 0]
 
 
 @pytest.mark.parametrize(
@@ -112,7 +115,7 @@ def test_each_mistake_is_one_config_error(override, fragment):
 def test_full_labels_leave_the_unlabelled_path_empty_and_equal_fedavg(schedule):
     fedlabel = run(fedlabel_config("data.label_ratio=1", f"trainer.schedule={schedule}", "trainer.beta=0"))
     fedavg = run(fedlabel_config("data.label_ratio=1", "trainer={name='backprop'}"))
-    assert all(len(u) == 0 for u in fedlabel.task.unlabelled_data)
+    assert all(len(fedlabel.population.client(cid).unlabelled) == 0 for cid in range(len(fedlabel.population)))
     assert same_weights(fedlabel, fedavg)
     record = fedlabel.history.records[-1]
     assert all(math.isnan(record[c]) for c in PSEUDO_LABEL_COLUMNS)
@@ -121,9 +124,11 @@ def test_full_labels_leave_the_unlabelled_path_empty_and_equal_fedavg(schedule):
 def test_ordinary_trainers_train_on_the_labelled_samples_only():
     ordinary = ("trainer={name='backprop'}", "strategy.name=scaffold")
     sim = Simulation(fedlabel_config("data.label_ratio=0.2", *ordinary))
-    sizes = [len(y) for _, y in sim.task.client_data]
-    assert sum(sizes) + sum(map(len, sim.task.unlabelled_data)) == len(sim.train_labels)
-    assert sum(sizes) < 0.25 * len(sim.train_labels)
+    clients = [sim.population.client(cid) for cid in range(len(sim.population))]
+    sizes = [len(c.y) for c in clients]
+    train_samples = len(sim.population.train[1])
+    assert sum(sizes) + sum(len(c.unlabelled) for c in clients) == train_samples
+    assert sum(sizes) < 0.25 * train_samples
     sim.run()
     assert "pseudo_coverage" not in sim.history.records[-1]
 
@@ -141,25 +146,12 @@ def test_hidden_labels_never_reach_training():
     assert (
         honest.history.records[-1]["pseudo_accuracy"] != shuffled_run.history.records[-1]["pseudo_accuracy"]
     )
-    assert not any(any(h is o for h in honest.hidden_labels) for o in reachable(honest.task))
-
-
-def reachable(root, limit=200_000):
-    """Objects reachable from `root`, not descending into modules, types or functions' globals."""
-    seen, stack, found = set(), [root], []
-    while stack and len(seen) < limit:
-        obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (types.ModuleType, type)):
-            continue
-        seen.add(id(obj))
-        found.append(obj)
-        stack.extend(
-            r
-            for r in gc.get_referents(obj)
-            if not (isinstance(obj, types.FunctionType) and r is obj.__globals__)
-        )
-    assert len(seen) < limit
-    return found
+    # a trainer's job holds the labelled samples and the unlabelled inputs, no label of those
+    plan = honest.plan_round(1)
+    for job in honest.backend.executor.jobs(plan, plan.client_ids):
+        client = honest.population.client(job.client_id)
+        assert torch.equal(job.data[1], client.y) and torch.equal(job.unlabelled, client.unlabelled)
+        assert len(job.data[1]) == honest.population.sizes[job.client_id] < len(client.y) + len(client.hidden)
 
 
 # ----------------------------------------------------------------- each switch, on constructed cases

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flwr_datasets import FederatedDataset
 
-from fedsim.data import heterogeneity, load_dataset, partition_dataset, partition_table
+from fedsim.data import DatasetBundle, heterogeneity, label_counts, label_distribution, load_dataset, partition_dataset, partition_table
 from fedsim.data.flower_partitioner import FedsimDirichletPartitioner
 from fedsim.errors import ConfigError
 from fedsim.plugins import available
@@ -23,7 +23,15 @@ def digits():
 
 @pytest.fixture(scope="module")
 def synthetic():
-    return load_dataset("synthetic", seed=0, num_clients=25).train
+    """A train split whose samples name their client (25 of them, shuffled)."""
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.repeat(np.arange(25), rng.integers(2, 9, 25)))
+    x = rng.standard_normal((len(ids), 3)).astype(np.float32)
+    return DatasetBundle.from_arrays("named", (x, ids % 10), (x[:2], ids[:2] % 10), 10, client_ids=ids).train
+
+
+def split_statistics(part, labels, num_classes=10):
+    return heterogeneity(label_counts(part, labels, num_classes), label_distribution(labels, num_classes), part.moved)
 
 
 def _assert_each_sample_once(indices, n):
@@ -54,7 +62,7 @@ def test_dirichlet_never_fails_nor_leaves_small_clients(digits, clients, alpha, 
     assert min(len(idx) for idx in part.indices) >= min_size
     _assert_each_sample_once(part.indices, len(train))
     assert all(idx.dtype == np.int64 and np.all(np.diff(idx) > 0) for idx in part.indices)
-    assert heterogeneity(part, labels, 10)["moved"] == part.moved
+    assert split_statistics(part, labels, 10)["moved"] == part.moved
 
 
 def test_dirichlet_repair_is_reported(digits):
@@ -70,7 +78,7 @@ def test_dirichlet_repair_is_reported(digits):
 def test_smaller_alpha_means_more_label_skew(digits):
     train, labels = digits
     tv = [
-        heterogeneity(partition_dataset(train, "dirichlet", num_clients=20, seed=0, alpha=a), labels, 10)[
+        split_statistics(partition_dataset(train, "dirichlet", num_clients=20, seed=0, alpha=a), labels, 10)[
             "label_tv"
         ]
         for a in (0.05, 0.5, 100.0)
@@ -122,8 +130,8 @@ def test_iid_sizes_are_balanced(digits):
     assert max(sizes) - min(sizes) <= 1
     _assert_each_sample_once(part.indices, len(train))
     assert (
-        heterogeneity(part, labels, 10)["label_tv"]
-        < heterogeneity(
+        split_statistics(part, labels, 10)["label_tv"]
+        < split_statistics(
             partition_dataset(train, "dirichlet", num_clients=100, seed=0, alpha=0.1), labels, 10
         )["label_tv"]
     )
@@ -150,8 +158,8 @@ def test_quantity_skew_follows_alpha(digits):
     train, labels = digits
     skewed = partition_dataset(train, "quantity", num_clients=50, seed=0, alpha=0.1, min_partition_size=3)
     even = partition_dataset(train, "quantity", num_clients=50, seed=0, alpha=1000.0, min_partition_size=3)
-    assert heterogeneity(skewed, labels, 10)["size_cv"] > 1.0
-    assert heterogeneity(even, labels, 10)["size_cv"] < 0.2
+    assert split_statistics(skewed, labels, 10)["size_cv"] > 1.0
+    assert split_statistics(even, labels, 10)["size_cv"] < 0.2
     assert min(len(idx) for idx in skewed.indices) >= 3
     _assert_each_sample_once(skewed.indices, len(train))
 
@@ -166,11 +174,11 @@ def test_natural_split_matches_client_id(synthetic):
 def test_partition_table_and_heterogeneity(digits):
     train, labels = digits
     part = partition_dataset(train, "pathological", num_clients=10, seed=0, classes_per_client=1)
-    table = partition_table(part, labels, 10)
+    table = partition_table(np.arange(len(part.indices)), label_counts(part, labels, 10))
     assert list(table.columns) == ["client", "num_samples"] + [f"label_{c}" for c in range(10)]
     assert table["num_samples"].tolist() == [len(idx) for idx in part.indices]
     assert (table.filter(like="label_").sum(axis=1) == table["num_samples"]).all()
-    stats = heterogeneity(part, labels, 10)
+    stats = split_statistics(part, labels, 10)
     assert stats["label_tv"] > 0.85 and stats["empty_clients"] == 0 and stats["moved"] == 0
     assert stats["min_size"] == table["num_samples"].min() and stats["max_size"] == table["num_samples"].max()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,12 +21,13 @@ from fedsim.config import load_config
 from fedsim.engine import Simulation
 from fedsim.errors import ConfigError, TrainingDiverged
 from fedsim.plugins import available_strategies, available_trainers, strategy_class, trainer_class
+from fedsim.population import Holdouts
 from fedsim.schedule import LocalSchedule
 from fedsim.trainer import ClientTrainer
 from fedsim.validate import validate
 from strategies.fedavg import FedAvg
 from strategies.fedld import FedLD
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, population_of
 
 # unequal client sizes (Dirichlet), half the clients per round, a random share of local steps,
 # batches of 16 so clients end epochs on short batches
@@ -164,10 +166,11 @@ class DataDependent(nn.Module):
 
 def unvectorizable_task() -> Task:
     torch.manual_seed(0)
-    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    rng = np.random.default_rng(0)
+    clients = population_of([(rng.standard_normal((8, 4)), rng.integers(0, 3, 8)) for _ in range(3)], Holdouts(0))
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), DataDependent(), nn.Linear(8, 3))
     schedule = LocalSchedule(epochs=1, steps=0, batch_size=4)
-    return Task(0, model, strategy_class("fedavg")(), ClientTrainer(), data, schedule, torch.device("cpu"))
+    return Task(0, model, strategy_class("fedavg")(), ClientTrainer(), clients, schedule, torch.device("cpu"))
 
 
 def test_unvectorizable_model_is_one_config_error_naming_the_layer():

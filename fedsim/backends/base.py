@@ -17,6 +17,7 @@ from fedsim.aggregate import WeightedSum
 from fedsim.attacks import Attack
 from fedsim.local import LocalEnv
 from fedsim.memory import MemoryMeter
+from fedsim.population import Population
 from fedsim.schedule import LocalSchedule
 from fedsim.strategy import GradFn, State, Strategy
 from fedsim.trainer import ClientTrainer
@@ -31,12 +32,9 @@ class Task:
     model: nn.Module  # the network clients train (the trainer's `build_model`), built once
     strategy: Strategy
     trainer: ClientTrainer
-    client_data: list[tuple[torch.Tensor, torch.Tensor]]  # per client the labelled (x, y), on the CPU
+    clients: Population  # every client's data, materialised when a round trains it
     schedule: LocalSchedule
     device: torch.device
-    # per client the inputs without a label (data.label_ratio < 1; empty tensors otherwise), on the CPU;
-    # their true labels stay in the engine, for diagnostics only
-    unlabelled_data: list[torch.Tensor] = field(default_factory=list)
     track_memory: bool = False  # meter each client's peak activation bytes (engine.track_memory)
     attack: Attack | None = None  # the Byzantine clients' upload attack (fedsim.attacks), if any
 

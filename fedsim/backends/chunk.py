@@ -10,9 +10,9 @@ one vmapped call. It runs trainers with `vectorizes = True`.
   by step count, longest first, so those still training are a prefix of the stacked state; a
   finished client's state is set aside and stops changing. A tick of at most
   `EAGER_MAX_CLIENTS` clients runs them one by one (autograd), cheaper than a vmapped call.
-- **Batches.** The round's batches are planned up front as row numbers into one
-  device-resident tensor of all clients' data, so a tick gathers its inputs with one indexing
-  op and no per-client Python.
+- **Batches.** A chunk's clients are materialised once per round, their data concatenated on
+  the device (`Population.gather`), and the round's batches are planned up front as row numbers
+  into it, so a tick gathers its inputs with one indexing op and no per-client Python.
 - **Short batches.** A tick whose batches all have one length runs the objective unchanged.
   When lengths differ (a short last batch of an epoch, clients smaller than the batch size):
   an objective that is a mean over samples (cross-entropy; `is_sample_mean` probes it once)
@@ -51,6 +51,7 @@ from fedsim.backends.collect import RoundCollector
 from fedsim.errors import TrainingDiverged, plugin_code
 from fedsim.gradients import Objective
 from fedsim.normalisation import batch_norms
+from fedsim.population import Population
 from fedsim.schedule import LocalSchedule, batch_seeds, plan_batches
 from fedsim.strategy import GradFn, LocalContext, LocalSummary, State, Strategy
 from fedsim.trainer import ClientTrainer, join_state, split_state
@@ -114,7 +115,7 @@ class ChunkExecutor:
 
     Holds the trainer's three gradient functions of the model: autograd for ticks of a few
     clients, the functional one of the objective for vmapped ticks, and of
-    `sample_mean(objective)` for padded ones; and all clients' data concatenated on the device.
+    `sample_mean(objective)` for padded ones. `probe` is a training batch to size the model's output with.
     """
 
     def __init__(
@@ -122,23 +123,20 @@ class ChunkExecutor:
         model: nn.Module,
         strategy: Strategy,
         trainer: ClientTrainer,
-        client_data: list[tuple[torch.Tensor, torch.Tensor]],
+        clients: Population,
         schedule: LocalSchedule,
         device: torch.device,
         seed: int,
+        probe: torch.Tensor,
         attack: Attack | None = None,
     ) -> None:
         self.strategy, self.trainer, self.schedule, self.device = strategy, trainer, schedule, device
-        self.seed, self.attack = seed, attack
-        self.sizes = np.array([len(y) for _, y in client_data], dtype=np.int64)
-        self.offsets = np.cumsum(self.sizes) - self.sizes
-        self.x = torch.cat([x for x, _ in client_data]).to(device)
-        self.y = torch.cat([y for _, y in client_data]).to(device)
+        self.clients, self.seed, self.attack = clients, seed, attack
         objective = strategy.objective
         self.grad_fn = trainer.grad_fn(model, objective)
         self.vmap_grad_fn = trainer.grad_fn(model, objective, functional=True)
         with torch.no_grad():
-            num_classes = model(self.x[:1]).shape[-1]
+            num_classes = model(probe[:1]).shape[-1]
         self.tensor_summaries = True  # until a client_end needs Python ints (see `_client_end`)
         self.padded_grad_fn = None  # BatchNorm couples a batch's samples: padding rows would change it
         if is_sample_mean(objective, num_classes) and not batch_norms(model):
@@ -157,13 +155,14 @@ class ChunkExecutor:
         round_: int,
     ) -> ChunkResult:
         """Train `client_ids` (with their share of work and states) from the global params for one round."""
-        sizes = self.sizes[client_ids]
+        sizes = self.clients.sizes[client_ids]
         steps = np.array([self.schedule.num_steps(int(n), w) for n, w in zip(sizes, works)], dtype=np.int64)
         order = np.lexsort((-sizes, -steps))  # most steps first; equal (steps, samples) adjacent
         ids = [client_ids[i] for i in order]
         sizes, steps = sizes[order], steps[order]
+        data = self.clients.gather(ids, self.device)
         seeds = batch_seeds(self.seed, "shuffle", round_, ids)
-        rows, lengths = plan_batches(sizes, steps, self.offsets[ids], seeds, self.schedule.batch_size)
+        rows, lengths = plan_batches(sizes, steps, np.cumsum(sizes) - sizes, seeds, self.schedule.batch_size)
         rows = torch.from_numpy(rows).to(self.device)
         # per client, what its steps read and never change: its states and its step count
         fixed = (
@@ -186,6 +185,7 @@ class ChunkExecutor:
             params, opt, carry, loss = self._tick(
                 self._local_step(global_params, broadcast, lr, first=tick == 0),
                 (params, opt, carry, *tree.take(fixed, slice(0, active))),
+                data,
                 rows[:active, tick],
                 lengths[:active, tick],
             )
@@ -263,20 +263,20 @@ class ChunkExecutor:
 
         return step
 
-    def _tick(self, step, state, rows: torch.Tensor, lengths: np.ndarray):
+    def _tick(self, step, state, data, rows: torch.Tensor, lengths: np.ndarray):
         """One local step of every client in `state` (params, opt, carry, strategy state, trainer
-        state, step count)."""
+        state, step count), its batches `rows` of the chunk's `data`."""
         if len(lengths) <= EAGER_MAX_CLIENTS:
             client_step = step(self.grad_fn)
             clients = tree.unstack(state, len(lengths))
             return tree.stack(
-                [client_step(*clients[i], *self._gather(rows[i, :n])) for i, n in enumerate(lengths)]
+                [client_step(*clients[i], *_gather(data, rows[i, :n])) for i, n in enumerate(lengths)]
             )
         longest = int(lengths.max())
         if int(lengths.min()) == longest:
-            return vmap(step(self.vmap_grad_fn))(*state, *self._gather(rows[:, :longest]))
+            return vmap(step(self.vmap_grad_fn))(*state, *_gather(data, rows[:, :longest]))
         if self.padded_grad_fn is not None:
-            x, y = self._gather(rows[:, :longest])
+            x, y = _gather(data, rows[:, :longest])
             real = (
                 torch.arange(longest, device=self.device) < torch.from_numpy(lengths).to(self.device)[:, None]
             )
@@ -286,17 +286,12 @@ class ChunkExecutor:
         for length in np.unique(lengths):  # exact-size batches, one group per length
             group = np.flatnonzero(lengths == length)
             index = torch.from_numpy(group).to(self.device)
-            part = self._tick(step, tree.take(state, index), rows[index], lengths[group])
+            part = self._tick(step, tree.take(state, index), data, rows[index], lengths[group])
             if out is None:
                 out = tree.map_tensors(lambda t: t.new_empty((len(lengths), *t.shape[1:])), part)
             tree.map_tensors(lambda o, p, index=index: o.index_copy_(0, index, p), out, part)
         return out
 
-    def _gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets of a [clients, batch] block of row numbers."""
-        flat = rows.reshape(-1)
-        x = self.x.index_select(0, flat).view(*rows.shape, *self.x.shape[1:])
-        return x, self.y.index_select(0, flat).view(*rows.shape, *self.y.shape[1:])
 
     @staticmethod
     def _set_aside(finished, state, start: int, stop: int, count: int):
@@ -349,3 +344,10 @@ class ChunkExecutor:
         if singles:
             parts.append(tree.stack(singles))
         return parts[0] if len(parts) == 1 else tree.map_tensors(lambda *ts: torch.cat(ts), *parts)
+
+
+def _gather(data: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of a [clients, batch] block of row numbers into `data`."""
+    x, y = data
+    flat = rows.reshape(-1)
+    return x.index_select(0, flat).view(*rows.shape, *x.shape[1:]), y.index_select(0, flat).view(*rows.shape, *y.shape[1:])

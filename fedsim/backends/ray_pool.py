@@ -18,7 +18,6 @@ import socket
 import warnings
 from dataclasses import replace
 
-import numpy as np
 import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
@@ -100,28 +99,15 @@ def _first_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------- the actor
 
 
-def from_store(arrays):
-    """Tensors of an object-store entry (an array or nested tuples/lists of arrays): on the CPU
-    zero-copy views of its read-only buffers, shared by every worker on a node (training only
-    gathers batches from them, never writes)."""
-    if isinstance(arrays, np.ndarray):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            return torch.from_numpy(arrays)
-    return type(arrays)(from_store(a) for a in arrays)
-
-
 class PoolWorker:
-    """A Ray actor: every client's data held, the backend `engine.worker_backend` names built once
+    """A Ray actor: the task's population held (a fixed dataset's arrays as zero-copy views of the
+    object store, shared by the workers of a node; a generated one's clients made when they train), the backend `engine.worker_backend` names built once
     over it ("serial": client by client, "vectorized": vmapped chunks, "auto": either), and a share
     of each round trained with it."""
 
-    def __init__(
-        self, task: Task, data: list, unlabelled: list, num_threads: int, engine: EngineConfig
-    ) -> None:
+    def __init__(self, task: Task, num_threads: int, engine: EngineConfig) -> None:
         torch.set_num_threads(num_threads)
-        with_data = replace(task, client_data=from_store(data), unlabelled_data=from_store(unlabelled))
-        self.executor = make_backend(engine.worker_backend, with_data, engine)
+        self.executor = make_backend(engine.worker_backend, task, engine)
 
     def node_id(self) -> str:
         """The Ray node this worker runs on (awaited at start-up, so it also means 'ready')."""
@@ -159,7 +145,6 @@ class RayBackend(Backend):
         self.worker_nodes: list[str] = []  # the Ray node of each worker at start-up
         self.owns_session = False
         self.worker_args: tuple = ()  # what every worker, and the replacement of a dead one, is built from
-        self.num_samples = [len(y) for _, y in task.client_data]
         try:
             self._start()
         except BaseException:
@@ -183,9 +168,7 @@ class RayBackend(Backend):
         device = torch.device("cuda") if task.device.type == "cuda" else task.device  # Ray picks the GPU
         ship_file_plugins()
         self.worker_args = (
-            ray.put(replace(task, client_data=[], unlabelled_data=[], device=device)),
-            ray.put([(x.numpy(), y.numpy()) for x, y in task.client_data]),  # once, read zero-copy
-            ray.put([u.numpy() for u in task.unlabelled_data]),
+            ray.put(replace(task, device=device)),  # once: a fixed dataset's arrays are read zero-copy
             max(1, int(engine.cpus_per_worker)),  # torch threads
             engine,
         )
@@ -211,8 +194,7 @@ class RayBackend(Backend):
     def _start_local(self, size: int) -> None:
         """A private local Ray instance with only the resources the pool needs."""
         task = self.task
-        data_bytes = sum(x.nbytes + y.nbytes for x, y in task.client_data)
-        data_bytes += sum(u.nbytes for u in task.unlabelled_data)
+        data_bytes = task.clients.data_bytes()
         _init_quietly(
             address="local",  # a new instance, even when this machine already runs a Ray cluster
             num_cpus=math.ceil(size * self.engine.cpus_per_worker - 1e-9),
@@ -235,7 +217,7 @@ class RayBackend(Backend):
 
     def run_round(self, plan: RoundPlan) -> RoundOutput:
         schedule = self.task.schedule
-        costs = {cid: schedule.num_steps(self.num_samples[cid], plan.work[cid]) for cid in plan.client_ids}
+        costs = {cid: schedule.num_steps(int(self.task.clients.sizes[cid]), plan.work[cid]) for cid in plan.client_ids}
         shares = assign_shares(plan.client_ids, costs, len(self.workers))
         shared = ray.put(  # once per round, not per client; on the CPU, whatever device each node has
             replace(

@@ -12,6 +12,7 @@ from fedsim.backends.base import Backend, RoundOutput, RoundPlan, Task
 from fedsim.backends.collect import RoundCollector
 from fedsim.errors import plugin_code
 from fedsim.local import ClientJob
+from fedsim.population import ClientView
 from fedsim.schedule import cohort_batches
 from fedsim.strategy import State
 from fedsim.trainer import split_state
@@ -23,15 +24,15 @@ def to_device(state: State, device: torch.device) -> State:
 
 class SerialExecutor:
     """Trains clients one by one with `ClientTrainer.train`: the model and gradient function built
-    once, each client's data moved to the device once (`data`, `unlabelled`: indexable by client id).
+    once, each client materialised on the device when it trains.
 
     The one-by-one executor of every backend: the serial backend, each Ray worker, each Flower client.
     """
 
-    def __init__(self, task: Task, data, unlabelled) -> None:
+    def __init__(self, task: Task) -> None:
         self.task = task
         self.env = task.local_env(task.model.to(task.device))
-        self.data, self.unlabelled = data, unlabelled
+        self.clients = ClientView(task.clients, task.device)
 
     def run(self, plan: RoundPlan, client_ids: list[int]) -> RoundOutput:
         """Train `client_ids` with `plan` and reduce their updates, in the order of `client_ids`."""
@@ -49,29 +50,25 @@ class SerialExecutor:
         task, device = self.task, self.task.device
         global_params = tree.to(plan.global_params, device)
         broadcast = to_device(plan.broadcast, device)
-        data = [self.data[cid] for cid in client_ids]
+        clients = [self.clients[cid] for cid in client_ids]
         works = [plan.work[cid] for cid in client_ids]
-        batches = cohort_batches(
-            task.schedule, task.seed, plan.round, client_ids, [len(y) for _, y in data], works
-        )
+        batches = cohort_batches(task.schedule, task.seed, plan.round, client_ids, [len(c.y) for c in clients], works)
         for i, cid in enumerate(client_ids):
             strategy_state, trainer_state = split_state(to_device(plan.client_states[cid], device))
             yield ClientJob(
                 cid, plan.round, plan.lr, global_params, broadcast, strategy_state, trainer_state,
-                data[i], batches[i], self.unlabelled[cid], works[i],
+                clients[i].data, batches[i], clients[i].unlabelled, works[i],
             )
 
 
 class SerialBackend(Backend):
-    """Keeps every client's data on the device and trains the cohort in order."""
+    """Trains the cohort client by client, in order."""
 
     name = "serial"
 
     def __init__(self, task: Task) -> None:
         super().__init__(task)
-        data = [(x.to(task.device), y.to(task.device)) for x, y in task.client_data]
-        unlabelled = [u.to(task.device) for u in task.unlabelled_data]
-        self.executor = SerialExecutor(task, data, unlabelled)
+        self.executor = SerialExecutor(task)
 
     def run_round(self, plan: RoundPlan) -> RoundOutput:
         return self.run(plan, plan.client_ids)

@@ -43,7 +43,7 @@ HEAP_MMAP_BYTES = 32 << 20  # blocks below this come from the heap (glibc's larg
 
 
 class VectorizedBackend(Backend):
-    """Builds the model, the gradient functions and the device-resident data once; trains chunks with vmap."""
+    """Builds the model and the gradient functions once; trains chunks with vmap."""
 
     name = "vectorized"
 
@@ -53,7 +53,7 @@ class VectorizedBackend(Backend):
         if task.device.type == "cpu":
             keep_freed_memory()
         self.executor = ChunkExecutor(
-            model, task.strategy, task.trainer, task.client_data, task.schedule, task.device, task.seed, task.attack
+            model, task.strategy, task.trainer, task.clients, task.schedule, task.device, task.seed, x, task.attack
         )
         self.chunk_size = max_clients_per_batch or auto_chunk_size(
             model, x[:1], task.schedule.batch_size, task.device
@@ -214,7 +214,7 @@ def auto_backend(task: Task, max_clients_per_batch: int = 0) -> Backend:
     """`engine.backend = "auto"`: the vectorized backend where the module docstring's rule allows, else serial."""
     from fedsim.backends.serial import SerialBackend
 
-    if len(task.client_data) > 1:
+    if len(task.clients) > 1:
         try:
             checked = vectorizable_model(task)
         except ConfigError:
@@ -227,5 +227,5 @@ def auto_backend(task: Task, max_clients_per_batch: int = 0) -> Backend:
 
 def probe_batch(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     """Two training samples on the device (one when the federation has one), to try the model on."""
-    x, y = (torch.cat(parts)[:2].to(task.device) for parts in zip(*task.client_data[:2]))
-    return x, y
+    x, y = task.clients.gather(list(range(min(2, len(task.clients)))), task.device)
+    return x[:2], y[:2]

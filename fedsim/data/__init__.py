@@ -10,6 +10,8 @@ from fedsim.data.partition import (
     Partition,
     Partitioner,
     heterogeneity,
+    label_counts,
+    label_distribution,
     partition_dataset,
     partition_table,
 )
@@ -20,6 +22,8 @@ __all__ = [
     "Partition",
     "Partitioner",
     "heterogeneity",
+    "label_counts",
+    "label_distribution",
     "load_dataset",
     "numpy_columns",
     "partition_dataset",

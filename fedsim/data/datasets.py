@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from fedsim import seeding
 from fedsim.config import DataConfig, build_section
 from fedsim.errors import ConfigError, DatasetUnavailable
 from fedsim.plugins import make
@@ -38,6 +39,17 @@ if TYPE_CHECKING:
 FEATURE_COLUMNS = ("img", "image", "x", "pixel_values")
 LABEL_COLUMNS = ("label", "labels", "fine_label", "y")
 HUB_PROBE_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a generated population's data looks like (the metadata of a `DatasetBundle`)."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, ...]
+    vocab_size: int = 0
+    label_shape: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,11 +109,31 @@ def numpy_columns(dataset: datasets.Dataset, *names: str) -> dict[str, np.ndarra
 
 
 class Dataset:
-    """The dataset interface: `load` returns the train and test splits, seeded by `seed`."""
+    """The dataset interface: `load` returns the train and test splits, seeded by `seed`.
+
+    A dataset that generates its clients instead (`generates_clients = True`: LEAF Synthetic)
+    gives `client_sizes` (every client's sample count, in one vectorised draw), `client_data`
+    (one client's samples from (seed, client id), without making the others) and `info`; the
+    federation then materialises a client only when a round or an evaluation needs it
+    (`fedsim.population`), so its population can be millions.
+    """
 
     argument: ClassVar[str] = ""  # what the text after `name:` is (a hub dataset's name); "" = none
+    generates_clients: ClassVar[bool] = False
 
     def load(self, data: DataConfig, seed: int) -> DatasetBundle:
+        raise NotImplementedError
+
+    def client_sizes(self, data: DataConfig, seed: int) -> np.ndarray:
+        """Generated populations: the sample count of each of the `data.num_clients` clients."""
+        raise NotImplementedError
+
+    def client_data(self, data: DataConfig, seed: int, client_id: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Generated populations: client `client_id`'s `size` samples (x, y), drawn from (seed, client id)."""
+        raise NotImplementedError
+
+    def info(self, data: DataConfig) -> DatasetInfo:
+        """Generated populations: what their data looks like (classes, input shape)."""
         raise NotImplementedError
 
 
@@ -198,7 +230,7 @@ def _mnist1d_arrays(seed: int, test_fraction: float, samples: int) -> tuple[np.n
 
 
 class Synthetic(Dataset):
-    """LEAF Synthetic(alpha, beta): 60 features, 10 classes, one natural client per generator.
+    """LEAF Synthetic(alpha, beta): 60 features, 10 classes, a population of generated clients.
 
     Li et al. (FedProx): each client has its own softmax-regression model.
     Client k: u_k ~ N(0, alpha), W_k, b_k ~ N(u_k, 1); B_k ~ N(0, beta), v_k ~ N(B_k, 1);
@@ -206,44 +238,33 @@ class Synthetic(Dataset):
     LEAF's lognormal(4, 2) + 50 but are capped at 250 so one client cannot dominate (mean ~140
     samples per client); with ``samples`` > 0 they are rescaled to about that total. Every client
     keeps at least 2 samples; ``test_fraction`` of each client's samples (at least one stays in
-    train) are pooled into the test split. Train rows keep their generating client in ``client_id``.
-    ``alpha`` and ``beta`` are ``synthetic_alpha`` and ``synthetic_beta``; one generator per
-    client of ``num_clients``.
+    train) go to the central test set (of ``test_clients`` seeded clients). ``alpha`` and ``beta``
+    are ``synthetic_alpha`` and ``synthetic_beta``. Client k is drawn from (seed, k) alone, so any
+    client of a population of ``num_clients`` is made without making the others.
     """
 
-    def load(self, data: DataConfig, seed: int) -> DatasetBundle:
-        return _synthetic(
-            seed, data.num_clients, data.test_fraction, data.samples, data.synthetic_alpha, data.synthetic_beta
-        )
+    generates_clients = True
+    DIM, CLASSES = 60, 10
 
+    def client_sizes(self, data: DataConfig, seed: int) -> np.ndarray:
+        rng = seeding.numpy_rng(seed, "synthetic_sizes")
+        sizes = np.minimum(rng.lognormal(4.0, 2.0, data.num_clients) + 50, 250)
+        if data.samples:
+            sizes *= data.samples / sizes.sum()
+        return np.maximum(np.rint(sizes), 2).astype(np.int64)
 
-def _synthetic(
-    seed: int, num_clients: int, test_fraction: float, samples: int, alpha: float, beta: float
-) -> DatasetBundle:
-    dim, num_classes = 60, 10
-    rng = np.random.default_rng(seed)
-    sizes = np.minimum(rng.lognormal(4.0, 2.0, num_clients) + 50, 250)
-    if samples:
-        sizes *= samples / sizes.sum()
-    sizes = np.maximum(np.rint(sizes), 2).astype(np.int64)
-    std_x = np.arange(1, dim + 1) ** -0.6  # sqrt of the diagonal covariance j^-1.2
-    u = rng.normal(0.0, alpha, num_clients)
-    big_b = rng.normal(0.0, beta, num_clients)
-    train, test = ([], [], []), ([], [])
-    for k, n in enumerate(sizes):
-        w = rng.normal(u[k], 1.0, (dim, num_classes))
-        b = rng.normal(u[k], 1.0, num_classes)
-        v = rng.normal(big_b[k], 1.0, dim)
-        x = v + std_x * rng.standard_normal((n, dim))
-        y = np.argmax(x @ w + b, axis=1)
-        n_test = min(round(n * test_fraction), n - 1)
-        for out, part in ((train, slice(n_test, None)), (test, slice(None, n_test))):
-            out[0].append(x[part])
-            out[1].append(y[part])
-        train[2].append(np.full(n - n_test, k))
-    x_tr, y_tr, ids = (np.concatenate(a) for a in train)
-    x_te, y_te = (np.concatenate(a) for a in test)
-    return DatasetBundle.from_arrays("synthetic", (x_tr, y_tr), (x_te, y_te), num_classes, client_ids=ids)
+    def client_data(self, data: DataConfig, seed: int, client_id: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = seeding.numpy_rng(seed, "synthetic", client_id)
+        dim, classes = self.DIM, self.CLASSES
+        u, big_b = rng.normal(0.0, data.synthetic_alpha), rng.normal(0.0, data.synthetic_beta)
+        w = rng.normal(u, 1.0, (dim, classes))
+        b = rng.normal(u, 1.0, classes)
+        v = rng.normal(big_b, 1.0, dim)
+        x = v + np.arange(1, dim + 1) ** -0.6 * rng.standard_normal((size, dim))  # std: sqrt of j^-1.2
+        return x.astype(np.float32), np.argmax(x @ w + b, axis=1)
+
+    def info(self, data: DataConfig) -> DatasetInfo:
+        return DatasetInfo("synthetic", self.CLASSES, (self.DIM,))
 
 
 class HubDataset(Dataset):

@@ -3,7 +3,8 @@
 - a validation split of the train pool (`data.validation_fraction`), taken before the pool is
   partitioned, for tuning hyperparameters without looking at the test set;
 - each client's local test share of its own partition (`data.client_test_fraction`), so a
-  client's test data follows its own label skew (federated evaluation).
+  client's test data follows its own label skew (federated evaluation); taken, seeded by
+  (seed, "client_test", client id), when the client is materialised (`fedsim.population`).
 
 Both keep at least one training sample wherever there was one (`labelled_mask`'s rule), and
 stratify by each sample's class (a sequence's final target, `fedsim.loss.sample_labels`).
@@ -33,18 +34,3 @@ def split_validation(dataset: DatasetBundle, fraction: float, seed: int) -> tupl
     reduced = dataclasses.replace(dataset, train=dataset.train.select(np.flatnonzero(keep)))
     held = torch.from_numpy(~keep)
     return reduced, (x[held], y[held])
-
-
-def split_client_test(client_data: list[Split], fraction: float, seed: int) -> tuple[list[Split], list[Split]]:
-    """Per client, seeded by (seed, "client_test", client id): its training (x, y) and its local test
-    (x, y), a stratified `fraction` of its samples (empty when 0, or for a client of one sample)."""
-    train, test = [], []
-    for cid, (x, y) in enumerate(client_data):
-        if fraction == 0:
-            keep = torch.ones(len(y), dtype=torch.bool)
-        else:
-            rng = seeding.numpy_rng(seed, "client_test", cid)
-            keep = torch.from_numpy(labelled_mask(sample_labels(y).numpy(), 1 - fraction, rng))
-        train.append((x[keep], y[keep]))
-        test.append((x[~keep], y[~keep]))
-    return train, test

@@ -1,9 +1,11 @@
 """Label scarcity: keep a stratified, seeded share of each client's samples labelled.
 
-With `data.label_ratio < 1` each client's samples are split once, before training, into a
-labelled part (what every strategy trains on) and an unlabelled part (inputs only, for
-semi-supervised strategies). The unlabelled samples' true labels come back separately so the
-engine can score pseudo-labels; nothing handed to a backend contains them.
+With `data.label_ratio < 1` each client's samples are split, seeded by (seed, "labels", client
+id), into a labelled part (what every strategy trains on) and an unlabelled part (inputs only,
+for semi-supervised strategies) when the client is materialised (`fedsim.population`). The
+unlabelled samples' true labels are kept apart for the engine to score pseudo-labels with; no
+batch a trainer sees contains them. The same rule holds out validation and local test shares
+(`fedsim.data.holdout`).
 """
 
 from __future__ import annotations
@@ -11,10 +13,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-
-from fedsim import seeding
-from fedsim.loss import sample_labels
 
 
 def labelled_mask(labels: np.ndarray, ratio: float, rng: np.random.Generator) -> np.ndarray:
@@ -30,18 +28,3 @@ def labelled_mask(labels: np.ndarray, ratio: float, rng: np.random.Generator) ->
     for cls, size in zip(classes, quota):
         mask[rng.choice(np.flatnonzero(labels == cls), size=size, replace=False)] = True
     return mask
-
-
-def split_labels(
-    client_data: list[tuple[torch.Tensor, torch.Tensor]], ratio: float, seed: int
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[torch.Tensor], list[torch.Tensor]]:
-    """Per client, seeded by (seed, "labels", client id): the labelled (x, y) in their original
-    order, the unlabelled x, and the unlabelled samples' hidden labels (for diagnostics only).
-    With ratio 1 every sample stays labelled and the unlabelled tensors are empty."""
-    labelled, unlabelled, hidden = [], [], []
-    for cid, (x, y) in enumerate(client_data):
-        mask = torch.from_numpy(labelled_mask(sample_labels(y).numpy(), ratio, seeding.numpy_rng(seed, "labels", cid)))
-        labelled.append((x[mask], y[mask]))
-        unlabelled.append(x[~mask])
-        hidden.append(y[~mask])
-    return labelled, unlabelled, hidden

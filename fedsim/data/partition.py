@@ -187,30 +187,29 @@ def _checked(partition: Partition, min_partition_size: int, name: str) -> Partit
     return partition
 
 
-def partition_table(partition: Partition, labels: np.ndarray, num_classes: int) -> pd.DataFrame:
-    """One row per client: ``client``, ``num_samples`` and the count of each label ``label_<c>``."""
+def partition_table(client_ids: np.ndarray, counts: np.ndarray) -> pd.DataFrame:
+    """One row per client: ``client``, ``num_samples`` and the count of each label ``label_<c>``
+    (`counts[i]` of client `client_ids[i]`)."""
     import pandas as pd
 
-    counts = _label_counts(partition, labels, num_classes)
-    table = pd.DataFrame(counts, columns=[f"label_{c}" for c in range(num_classes)])
+    table = pd.DataFrame(counts, columns=[f"label_{c}" for c in range(counts.shape[1])])
     table.insert(0, "num_samples", counts.sum(axis=1))
-    table.insert(0, "client", np.arange(len(counts)))
+    table.insert(0, "client", np.asarray(client_ids))
     return table
 
 
-def heterogeneity(partition: Partition, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Summary statistics of a split.
+def heterogeneity(counts: np.ndarray, overall: np.ndarray, moved: int = 0) -> dict[str, float]:
+    """Summary statistics of a split, from its [clients, classes] label counts.
 
     ``label_tv``: sample-weighted mean total-variation distance between each client's label
-    distribution and the whole train split's (0 = IID, towards 1 = one class per client);
-    ``clients``; ``mean_size``, ``std_size``, ``size_cv`` (their ratio), ``min_size``, ``max_size``
-    of the clients' sample counts; ``empty_clients``; ``moved``: samples moved by the Dirichlet repair.
+    distribution and ``overall`` (the whole train split's; 0 = IID, towards 1 = one class per
+    client); ``clients``; ``mean_size``, ``std_size``, ``size_cv`` (their ratio), ``min_size``,
+    ``max_size`` of the clients' sample counts; ``empty_clients``; ``moved``: samples moved by
+    the Dirichlet repair.
     """
-    counts = _label_counts(partition, labels, num_classes)
     sizes = counts.sum(axis=1)
-    global_dist = np.bincount(np.asarray(labels), minlength=num_classes) / len(labels)
     client_dist = counts / np.maximum(sizes, 1)[:, None]
-    tv = 0.5 * np.abs(client_dist - global_dist).sum(axis=1)
+    tv = 0.5 * np.abs(client_dist - overall).sum(axis=1)
     return {
         "label_tv": float((tv * sizes).sum() / max(sizes.sum(), 1)),
         "clients": float(len(sizes)),
@@ -220,17 +219,22 @@ def heterogeneity(partition: Partition, labels: np.ndarray, num_classes: int) ->
         "min_size": float(sizes.min()),
         "max_size": float(sizes.max()),
         "empty_clients": float((sizes == 0).sum()),
-        "moved": float(partition.moved),
+        "moved": float(moved),
     }
 
 
-def _label_counts(partition: Partition, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """[clients, classes] matrix of label counts."""
-    labels = np.asarray(labels)
-    counts = np.zeros((len(partition.indices), num_classes), dtype=np.int64)
-    for k, idx in enumerate(partition.indices):
-        counts[k] = np.bincount(labels[idx], minlength=num_classes)
+def label_counts(partition: Partition, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """[clients, classes] matrix of label counts of a partition of `labels`."""
+    sizes = [len(idx) for idx in partition.indices]
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    counts = np.zeros((len(sizes), num_classes), dtype=np.int64)
+    np.add.at(counts, (owner, np.asarray(labels)[np.concatenate(partition.indices).astype(np.int64)]), 1)
     return counts
+
+
+def label_distribution(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The share of each class among `labels`."""
+    return np.bincount(np.asarray(labels), minlength=num_classes) / max(len(labels), 1)
 
 
 def _check_scalars(num_clients: int, alpha: float, min_partition_size: int) -> None:
