@@ -54,3 +54,14 @@ def test_flower_baseline_builds_the_workload_once_per_actor_not_per_message(tmp_
     assert all(seconds > 0 for seconds in flower["client_train_s"])
     assert len(flower["driver_cpu_s"]) == speed.QUICK_ROUNDS
     assert "the workload built" in (tmp_path / "speed.md").read_text()
+
+
+def test_the_scale_benchmark_writes_its_table(tmp_path):
+    from benchmarks import scale
+
+    scale.main(["--sizes", "2000", "--rounds", "2", "--strategies", "scaffold", "--budget-clients", "0",
+                "--out", str(tmp_path / "scale")])
+    [row] = json.loads((tmp_path / "scale.json").read_text())["rows"]
+    assert row["num_clients"] == 2000 and 1000 < row["participants"] < 2000  # two cohorts of 1000 that overlap
+    assert row["round_s"] > 0 and row["setup_s"] > 0 and row["peak_rss_mb"] > 0
+    assert "| scaffold | 2,000 |" in (tmp_path / "scale.md").read_text()

@@ -191,3 +191,19 @@ def test_hf_array_images_are_read_as_stored_uint8_and_scaled(tmp_path):
     assert x.shape == (15, 3, 8, 8) and x.dtype == torch.float32
     stored = {tuple(p.flatten()) for p in pixels.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)}
     assert {tuple(row.flatten().tolist()) for row in x.numpy()} <= stored
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123])
+@pytest.mark.parametrize("test_fraction", [0.2, 0.25, 0.5, 0.1])
+def test_digits_split_is_scikit_learns_stratified_split(seed, test_fraction):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        digits.data / 16.0, digits.target, test_size=test_fraction, random_state=seed, stratify=digits.target
+    )
+    bundle = load_dataset("digits", seed=seed, num_clients=1, test_fraction=test_fraction)
+    for split, (x, y) in (("train", (x_tr, y_tr)), ("test", (x_te, y_te))):
+        ours_x, ours_y = bundle.tensors(split)
+        assert np.array_equal(ours_y.numpy(), y) and np.array_equal(ours_x.numpy().reshape(len(y), -1), x.astype(np.float32))
