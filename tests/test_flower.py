@@ -141,7 +141,8 @@ def test_make_backend_flower_from_python_matches_serial_and_keeps_the_callers_ra
     sim = Simulation(small_config("strategy.name=scaffold", *FIVE_CLIENTS, "attack.name=gaussian", "attack.fraction=0.4"))
     plan = sim.plan_round(1)
     reference = make_backend("serial", sim.task).run_round(plan)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # a session of its own: "local" never joins the instance a test on the other xdist worker runs
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         backend = make_backend("flower", sim.task, sim.config.engine)
         try:
