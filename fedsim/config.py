@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import operator
 import tomllib
 import typing
@@ -270,8 +271,12 @@ _BOUNDS = {  # op -> (test, as a comparison, as an interval bracket)
 
 
 def check(value: Any, checks: dict[str, Any], key: str) -> None:
-    """Enforce a field's declared range and choices (`option`); a list has each item checked."""
+    """Enforce a field's declared range and choices (`option`); a list has each item checked.
+    A float must be finite: TOML reads `inf` and `nan`, which no hyperparameter means."""
     items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
     choices = checks.get("choices")
     for item in items:
         if choices is not None and item not in choices:

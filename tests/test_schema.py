@@ -26,6 +26,7 @@ class Section:
         ({"rate": 0}, r"^s.rate must be in \(0, 1\], got 0.0$"),
         ({"rate": 1.5}, r"^s.rate must be in \(0, 1\], got 1.5$"),
         ({"count": 0}, r"^s.count must be >= 1, got 0$"),
+        ({"rate": float("nan")}, r"^s.rate must be a finite number, got nan$"),
         ({"widths": [4, -1]}, r"^s.widths values must be > 0, got \[4, -1\]$"),
         ({"mode": "exakt"}, r"^s.mode must be one of fast, exact; got 'exakt' \(did you mean 'exact'\?\)$"),
         ({"mode": 3}, "config key 's.mode' must be str"),
@@ -97,3 +98,9 @@ def test_run_folder_records_the_resolved_config(tmp_path):
     prepare_run(config, tmp_path, resume=False).run()
     written = load_config(tmp_path / "config.toml")
     assert written.strategy["momentum"] == 0.9 and written.model == {"name": "mlp", "hidden": [8]}
+
+
+def test_an_infinite_hyperparameter_is_refused_before_it_can_make_nans():
+    # FedSpeed's lam = inf passes "> 0" and then divides to NaN in training
+    with pytest.raises(ConfigError, match=r"^strategy.lam must be a finite number, got inf$"):
+        validate(load_config(None, ["strategy.name=fedspeed", "strategy.lam=inf"]))
