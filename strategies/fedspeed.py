@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -10,7 +9,6 @@ import torch
 
 from fedsim import tree
 from fedsim.config import option
-from fedsim.errors import ConfigError
 from fedsim.strategy import Aggregate, Batch, GradFn, LocalContext, LocalSummary, RoundInfo, State, Strategy
 from fedsim.tree import Params
 
@@ -44,11 +42,6 @@ class FedSpeed(Strategy):
     alpha: float = option(0.9, ge=0, le=1)
     lam: float = option(10.0, gt=0)
     variant: str = option("paper", choices=VARIANTS)
-
-    def validate(self) -> None:
-        for key in ("rho", "lam"):
-            if not math.isfinite(getattr(self, key)):
-                raise ConfigError(f"strategy.{key} must be finite, got {getattr(self, key)}")
 
     # ---- server side -------------------------------------------------------------------
     def init_server_state(self, params: Params) -> State:

@@ -221,7 +221,7 @@ def test_fedavg_m_local_scale_is_mean_steps_times_mean_normalised_delta_in_float
 
 
 def test_fedspeed_refuses_an_infinite_lambda():
-    with pytest.raises(ConfigError, match="strategy.lam must be finite, got inf"):
+    with pytest.raises(ConfigError, match="strategy.lam must be a finite number, got inf"):
         build_strategy({"name": "fedspeed", "lam": float("inf")})
 
 
