@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import multiprocessing
 import os
 import platform
@@ -113,8 +114,6 @@ def flower_row(num_clients: int, rounds: int, limit_s: float) -> dict:
     if child.returncode != 0 or not lines:
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
         return {"num_clients": num_clients, "finished": False, "why": f"exit {child.returncode}: {tail[:200]}"}
-    import json
-
     return {"num_clients": num_clients, "finished": True, "total_s": time.perf_counter() - start, **json.loads(lines[-1])}
 
 
@@ -148,8 +147,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     if args.flower_one:
-        import json
-
         print(json.dumps(flower_one(args.flower_one, args.rounds)), flush=True)
         return
     machine = f"{cpu_name()} ({platform.machine()}), Python {platform.python_version()}"

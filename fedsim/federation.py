@@ -72,17 +72,14 @@ def build_population(config: Config) -> Population:
             f"data.label_ratio < 1 hides whole samples' labels for pseudo-labelling, which needs one class per "
             f"sample; dataset '{d.dataset}' has a target per position: set data.label_ratio=1"
         )
-    population = IndexedPopulation(dataset, partition, holdouts(config, len(partition.indices)))
-    population.validation = validation
-    return population
+    return IndexedPopulation(dataset, partition, holdouts(config, len(partition.indices)), validation)
 
 
 def holdouts(config: Config, num_clients: int) -> Holdouts:
-    """How each of `num_clients` clients' data is split and (label flipping) corrupted."""
+    """How each of `num_clients` clients' data is split, and who attacks (by flipping labels or not)."""
     d = config.data
     attackers = choose_attackers(config.attack, num_clients, config.seed)
-    flipping = attackers if config.attack.name == "label_flip" else frozenset()
-    return Holdouts(config.seed, d.client_test_fraction, d.label_ratio, flipping)
+    return Holdouts(config.seed, d.client_test_fraction, d.label_ratio, attackers, config.attack.name == "label_flip")
 
 
 def _check_generated(d) -> None:
@@ -120,7 +117,6 @@ def build_federation(config: Config) -> Federation:
             "without BatchNorm (e.g. GroupNorm)"
         )
     t = config.train
-    attackers = choose_attackers(config.attack, len(population), config.seed)
     task = Task(
         config.seed,
         model,
@@ -130,6 +126,6 @@ def build_federation(config: Config) -> Federation:
         LocalSchedule(epochs=t.local_epochs, steps=t.local_steps, batch_size=t.batch_size),
         device,
         track_memory=config.engine.track_memory,
-        attack=upload_attack(config.attack, attackers, config.seed),
+        attack=upload_attack(config.attack, population.holdouts.attackers, config.seed),
     )
     return Federation(strategy, trainer, population, model, params, statistics, task)

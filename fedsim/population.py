@@ -15,6 +15,7 @@ a fixed dataset, its partition (a row order and N + 1 bounds). Nothing else is h
 from __future__ import annotations
 
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,8 @@ class Holdouts:
     seed: int
     client_test_fraction: float = 0.0  # its local test share
     label_ratio: float = 1.0  # the share of its training samples that keep their label
-    attackers: frozenset[int] = frozenset()  # label-flipping clients
+    attackers: frozenset[int] = frozenset()  # the run's Byzantine clients
+    flip_labels: bool = False  # they attack by training on flipped labels (attack.name = "label_flip")
 
     def labelled_sizes(self, sizes: np.ndarray) -> np.ndarray:
         """How many labelled training samples a client of `sizes` samples has (`labelled_mask`'s count)."""
@@ -71,14 +73,17 @@ class Client:
         return self.x, self.y
 
 
-class Population:
+class Population(ABC):
     """N clients, each materialised from (seed, client id) by `client`.
 
-    Subclasses give `raw(cid, device)`: a client's whole data before its holdouts. `sizes` holds
-    every client's number of labelled training samples. `test` and `validation` are the central
-    evaluation sets; `num_classes`, `input_shape`, `vocab_size` and `label_shape` describe the data
-    as `DatasetBundle` does.
+    Subclasses give `raw(cid, device)`: a client's whole data before its holdouts, and set `test`
+    and `validation`, the central evaluation sets. `sizes` holds every client's number of
+    labelled training samples; `num_classes`, `input_shape`, `vocab_size` and `label_shape`
+    describe the data as `DatasetBundle` does.
     """
+
+    test: Split
+    validation: Split | None
 
     def __init__(self, raw_sizes: np.ndarray, holdouts: Holdouts, bundle_info: DatasetBundle | DatasetInfo) -> None:
         self.holdouts = holdouts
@@ -86,14 +91,12 @@ class Population:
         self.name, self.num_classes = bundle_info.name, bundle_info.num_classes
         self.input_shape, self.vocab_size = bundle_info.input_shape, bundle_info.vocab_size
         self.label_shape = bundle_info.label_shape
-        self.test: Split = (torch.empty(0), torch.empty(0))
-        self.validation: Split | None = None
 
     def __len__(self) -> int:
         return len(self.sizes)
 
-    def raw(self, cid: int, device: torch.device) -> Split:
-        raise NotImplementedError
+    @abstractmethod
+    def raw(self, cid: int, device: torch.device) -> Split: ...
 
     def client(self, cid: int, device: torch.device | str = "cpu") -> Client:
         """Client `cid`'s data on `device`: its labelled training data, unlabelled inputs, their
@@ -109,7 +112,7 @@ class Population:
         if h.label_ratio < 1:
             keep = self._mask(y, h.label_ratio, "labels", cid)
             unlabelled, hidden, x, y = x[~keep], y[~keep], x[keep], y[keep]
-        if cid in h.attackers:
+        if h.flip_labels and cid in h.attackers:
             y = flip_labels(y, self.num_classes)
         return Client(x, y, unlabelled, hidden, test)
 
@@ -123,14 +126,14 @@ class Population:
         clients = [self.client(cid, device) for cid in client_ids]
         return torch.cat([c.x for c in clients]), torch.cat([c.y for c in clients])
 
+    @abstractmethod
     def data_bytes(self) -> int:
         """About how many bytes all clients' data takes (what a process holding it pays)."""
-        return 0
 
+    @abstractmethod
     def label_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(client ids, their [clients, classes] label counts, the labels' overall distribution),
         for the split's statistics: every client of a fixed dataset, a sample of a generated one."""
-        raise NotImplementedError
 
     def moved(self) -> int:
         """Samples the split's repair moved (the Dirichlet partitioner's), 0 otherwise."""
@@ -140,14 +143,16 @@ class Population:
 class IndexedPopulation(Population):
     """Clients as index views of a fixed dataset's train split (held once per device)."""
 
-    def __init__(self, bundle: DatasetBundle, partition: Partition, holdouts: Holdouts) -> None:
+    def __init__(
+        self, bundle: DatasetBundle, partition: Partition, holdouts: Holdouts, validation: Split | None = None
+    ) -> None:
         sizes = np.array([len(idx) for idx in partition.indices], dtype=np.int64)
         super().__init__(sizes, holdouts, bundle)
         self.partition = partition
         self.rows = np.concatenate(partition.indices).astype(np.int64)
         self.bounds = np.concatenate([[0], np.cumsum(sizes)])
         self.train = tuple(t.numpy() for t in bundle.tensors("train"))  # numpy: Ray ships it zero-copy
-        self.test = bundle.tensors("test")
+        self.test, self.validation = bundle.tensors("test"), validation
         self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __getstate__(self) -> dict:
@@ -196,7 +201,13 @@ class GeneratedPopulation(Population):
         if 0 < count < n:
             self.test_clients = np.sort(seeding.numpy_rng(seed, "test_clients").choice(n, count, replace=False))
         parts = [self._generated(int(cid)) for cid in self.test_clients]
-        self.test = tuple(torch.cat([p[i][: int(self.num_test[c])] for p, c in zip(parts, self.test_clients)]) for i in (0, 1))
+        cuts = [int(self.num_test[c]) for c in self.test_clients]
+        self.test = tuple(torch.cat([p[i][:cut] for p, cut in zip(parts, cuts)]) for i in (0, 1))
+        self.validation = None
+        # the split's statistics, over the test clients' training samples
+        labels = [sample_labels(y[cut:]).numpy() for (_, y), cut in zip(parts, cuts)]
+        self.test_client_counts = np.stack([np.bincount(lab, minlength=self.num_classes) for lab in labels])
+        self.overall = label_distribution(np.concatenate(labels), self.num_classes)
 
     def _generated(self, cid: int) -> Split:
         """Client `cid`'s whole generated data: its test share first, then its training samples."""
@@ -212,10 +223,7 @@ class GeneratedPopulation(Population):
         return 0  # nothing is held: every process generates the clients it trains
 
     def label_counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ids = self.test_clients
-        labels = [sample_labels(self.raw(int(cid), torch.device("cpu"))[1]).numpy() for cid in ids]
-        counts = np.stack([np.bincount(lab, minlength=self.num_classes) for lab in labels])
-        return ids, counts, label_distribution(np.concatenate(labels), self.num_classes)
+        return self.test_clients, self.test_client_counts, self.overall
 
 
 class ClientView:

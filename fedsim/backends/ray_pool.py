@@ -101,9 +101,9 @@ def _first_line(err: BaseException) -> str:
 
 class PoolWorker:
     """A Ray actor: the task's population held (a fixed dataset's arrays as zero-copy views of the
-    object store, shared by the workers of a node; a generated one's clients made when they train), the backend `engine.worker_backend` names built once
-    over it ("serial": client by client, "vectorized": vmapped chunks, "auto": either), and a share
-    of each round trained with it."""
+    object store, shared by the workers of a node; a generated one's clients made when they
+    train), the backend `engine.worker_backend` names built once over it ("serial": client by
+    client, "vectorized": vmapped chunks, "auto": either), and a share of each round trained with it."""
 
     def __init__(self, task: Task, num_threads: int, engine: EngineConfig) -> None:
         torch.set_num_threads(num_threads)
